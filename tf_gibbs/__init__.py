@@ -1,0 +1,27 @@
+"""tf_gibbs: train-time pruning for tf_keras models (Gibbs pruning, L0 gates, adaptive sparsity).
+
+Import Keras as ``import tf_keras as keras`` (Keras 2): tf_gibbs, like
+tensorflow-model-optimization, does not work with Keras 3 objects.
+"""
+
+from tf_gibbs import core
+from tf_gibbs.callbacks import UpdatePruningStep
+from tf_gibbs.gibbs import GibbsPruning
+from tf_gibbs.prune import prune_gibbs
+from tf_gibbs.prune import prune_scope
+from tf_gibbs.prune import strip_pruning
+from tf_gibbs.schedule import GibbsSchedule
+from tf_gibbs.wrapper import PruningWrapper
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GibbsPruning",
+    "GibbsSchedule",
+    "PruningWrapper",
+    "UpdatePruningStep",
+    "core",
+    "prune_gibbs",
+    "prune_scope",
+    "strip_pruning",
+]

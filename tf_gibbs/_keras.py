@@ -1,0 +1,39 @@
+"""The one place tf_gibbs imports Keras: tf_keras (Keras 2), the Keras tfmot works with.
+
+Importing tensorflow-model-optimization sets ``TF_USE_LEGACY_KERAS=1``, so ``tf.keras`` is
+tf_keras in a process that imports tf_gibbs before touching ``tf.keras``; ``import keras`` stays
+Keras 3. Keras 3 objects cannot be pruned by tfmot-based wrappers; :func:`check_not_keras3`
+turns the deep, confusing failure into an immediate error that says what to do.
+"""
+
+import tensorflow_model_optimization as tfmot  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
+import tf_keras as keras
+
+_KERAS3_HELP = (
+    "tf_gibbs (like tensorflow-model-optimization) works with Keras 2 (the `tf_keras` package) "
+    "only. Build the model with `import tf_keras as keras`, or set the environment variable "
+    "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported and use `tf.keras`; `import keras` "
+    "gives Keras 3, which cannot be pruned.")
+
+
+def is_keras3_object(obj):
+  """True if ``obj`` is a Keras 3 layer or model (a class from the ``keras`` package)."""
+  for cls in type(obj).__mro__:
+    module = getattr(cls, "__module__", "") or ""
+    if module == "keras" or module.startswith("keras."):
+      return True
+  return False
+
+
+def check_not_keras3(obj, argument):
+  """Raises TypeError if ``obj`` is a Keras 3 object."""
+  if is_keras3_object(obj):
+    raise TypeError(
+        f"`{argument}` is a Keras 3 object ({type(obj).__module__}.{type(obj).__name__}). "
+        + _KERAS3_HELP)
+
+
+def is_graph_model(model):
+  """True for a Sequential or functional tf_keras model (not a subclassed one)."""
+  return isinstance(model, keras.Model) and (
+      isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False))

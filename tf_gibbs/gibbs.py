@@ -1,0 +1,114 @@
+"""Gibbs pruning (Labach & Valaee, arXiv 2006.04981): the Keras wrapper.
+
+The maths (Hamiltonians, samplers, exact-count masks) lives in :mod:`tf_gibbs.core.gibbs`; this
+module only connects it to a layer, the step counter and the schedule.
+"""
+
+import tensorflow as tf
+
+from tf_gibbs import wrapper as wrapper_lib
+from tf_gibbs._keras import keras
+from tf_gibbs.core import gibbs as gibbs_lib
+from tf_gibbs.schedule import GibbsSchedule
+
+TEST_MODES = ("magnitude", "sample")
+
+
+def check_test_mode(test_mode):
+  if test_mode not in TEST_MODES:
+    raise ValueError(f"Unknown test_mode={test_mode!r}; accepted values: {list(TEST_MODES)}.")
+  return test_mode
+
+
+def check_gibbs_schedule(schedule):
+  if not isinstance(schedule, GibbsSchedule):
+    raise TypeError("`schedule` of Gibbs pruning must be a tf_gibbs.GibbsSchedule (it also "
+                    f"anneals β), got {type(schedule).__name__}.")
+  return schedule
+
+
+@keras.utils.register_keras_serializable(package="tf_gibbs")
+class GibbsPruning(wrapper_lib.PruningWrapper):
+  """Prunes a layer's kernel with masks drawn from a Gibbs distribution.
+
+  Training step t: β = schedule.beta(t), p = schedule.sparsity(t), and a fresh mask
+  x ~ p(x) ∝ exp(−β H(x; w)) is drawn for the whole batch; the layer computes with w ⊙ x.
+  No gradient flows through x, so the task gradient reaches only the kept weights, while the
+  kernel variable stays unmasked and pruned weights can return (reference behaviour).
+
+  Inference: ``test_mode="magnitude"`` keeps the top (1 − p) by magnitude, exactly
+  round(p·n) pruned (deterministic; what stripping writes). ``test_mode="sample"`` draws a new
+  mask at the current β on every call, like the reference code's 'gibbs' test mode.
+
+  Args:
+    layer: tf_keras Dense, Conv1D, Conv2D or DepthwiseConv2D.
+    pruning_schedule: a :class:`tf_gibbs.GibbsSchedule` (default: ``GibbsSchedule()``).
+    hamiltonian: name of the energy; see ``tf_gibbs.core.gibbs.HAMILTONIANS``.
+    test_mode: ``"magnitude"`` or ``"sample"``.
+    seed: seed of the layer's stateless random stream (mask of step t depends on (seed, t)).
+  """
+
+  def __init__(self, layer, pruning_schedule=None, hamiltonian="unstructured",
+               test_mode="magnitude", seed=None, **kwargs):
+    if pruning_schedule is None:
+      pruning_schedule = GibbsSchedule()
+    check_gibbs_schedule(pruning_schedule)
+    energy = gibbs_lib.get_hamiltonian(hamiltonian)
+    check_test_mode(test_mode)
+    super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
+    self.hamiltonian = energy.name
+    self.test_mode = test_mode
+    self._energy = energy
+
+  def build_method_variables(self, weight):
+    reason = self._energy.check_shape(weight.shape)
+    if reason is not None:
+      raise ValueError(f"hamiltonian={self.hamiltonian!r} does not fit layer {self.layer.name}: "
+                       f"{reason}")
+
+  def beta(self, step=None):
+    """Inverse temperature at ``step`` (default: the layer's current step)."""
+    step = self.pruning_step if step is None else step
+    return self.pruning_schedule.beta(step)
+
+  def _sample(self, weight, step, seed):
+    should_prune, sparsity = self.pruning_schedule(step)
+    mask, threshold = self._energy.sample_mask(weight, sparsity, self.beta(step), seed)
+    return tf.where(should_prune, mask, tf.ones_like(mask)), threshold
+
+  def training_weight(self, weight, step):
+    seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+    mask, threshold = self._sample(weight, step, seed)
+    mask = tf.stop_gradient(mask)
+    self.mask.assign(mask)
+    self.threshold.assign(threshold)
+    return weight * mask
+
+  def deterministic_mask(self, weight, step):
+    """The β → ∞ mask at ``step``: exactly round(p·#groups) groups pruned (ones before begin)."""
+    should_prune, sparsity = self.pruning_schedule(step)
+    mask = self._energy.deterministic_mask(weight, sparsity)
+    return tf.where(should_prune, mask, tf.ones_like(mask))
+
+  def deterministic_weight(self, weight, step):
+    return weight * self.deterministic_mask(weight, step)
+
+  def inference_weight(self, weight, step):
+    if self.test_mode == "magnitude":
+      return self.deterministic_weight(weight, step)
+    seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+    mask, _ = self._sample(weight, step, seed)
+    return weight * mask
+
+  def write_final_weight(self):
+    """Also records the final mask, so ``PruningSummaries`` reports the deployed sparsity."""
+    final_mask = self.deterministic_mask(self.read_weight(), tf.identity(self.pruning_step))
+    with tf.control_dependencies([final_mask]):
+      update = super().write_final_weight()
+    with tf.control_dependencies([update]):
+      return self.mask.assign(tf.where(self.schedule_finished(), final_mask, self.mask))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"hamiltonian": self.hamiltonian, "test_mode": self.test_mode})
+    return config

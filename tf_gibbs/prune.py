@@ -1,0 +1,238 @@
+"""The user-facing API: wrap a model or layers, strip the wrappers, and the load scope.
+
+Follows tfmot's ``prune_low_magnitude`` / ``strip_pruning`` / ``prune_scope`` conventions.
+"""
+
+import warnings
+
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tf_gibbs import gibbs as gibbs_lib
+from tf_gibbs import wrapper as wrapper_lib
+from tf_gibbs._keras import check_not_keras3
+from tf_gibbs._keras import is_graph_model
+from tf_gibbs._keras import keras
+from tf_gibbs.core import gibbs as gibbs_core
+from tf_gibbs.schedule import GibbsSchedule
+
+
+def _skip_predicate(skip, model=None):
+  """Turns ``skip`` (None, a name, names, or a callable) into a predicate on layers."""
+  if skip is None:
+    return lambda layer: False
+  if callable(skip):
+    return lambda layer: bool(skip(layer))
+  names = [skip] if isinstance(skip, str) else skip
+  if not isinstance(names, (list, tuple, set, frozenset)) or not all(
+      isinstance(n, str) for n in names):
+    raise TypeError("`skip` must be None, a layer name, a list of layer names, or a callable "
+                    f"taking a layer and returning a bool; got {skip!r}.")
+  names = set(names)
+  if model is not None:
+    known = {layer.name for layer in _all_layers(model)}
+    unknown = sorted(names - known)
+    if unknown:
+      raise ValueError(f"`skip` names layers that are not in the model: {unknown}. "
+                       f"Layers of the model: {sorted(known)}.")
+  return lambda layer: layer.name in names
+
+
+def _all_layers(model):
+  for layer in model.layers:
+    yield layer
+    if isinstance(layer, keras.Model):
+      yield from _all_layers(layer)
+
+
+def _check_model(model, argument):
+  if not is_graph_model(model):
+    raise ValueError(
+        f"`{argument}` is a subclassed model ({type(model).__name__}), which cannot be cloned "
+        "layer by layer. Wrap the layers inside the model instead, e.g. "
+        "`self.dense = tf_gibbs.prune_gibbs(tf_keras.layers.Dense(10))` in its __init__.")
+  wrapped = [layer.name for layer in _all_layers(model)
+             if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]
+  if wrapped:
+    raise ValueError(f"`{argument}` already contains pruning wrappers: {wrapped}. Strip them "
+                     "first (`tf_gibbs.strip_pruning`) or wrap the original model.")
+
+
+def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune"):
+  """Wraps the supported layers of ``to_prune`` with ``make_wrapper(layer, index)``.
+
+  ``to_prune`` is a Sequential or functional tf_keras model (cloned, like tfmot; unsupported
+  layers are kept as they are, and share their weights with the original), one layer, or a list
+  of layers. ``skip`` names layers (or a predicate) to leave dense. Shared by every
+  ``prune_*`` function so the methods validate and traverse models the same way.
+  """
+  check_not_keras3(to_prune, "to_prune")
+  if isinstance(to_prune, (list, tuple)):
+    if not to_prune:
+      raise ValueError(f"`to_prune` is an empty list; {api_name} needs at least one layer.")
+    skipped = _skip_predicate(skip)
+    for i, layer in enumerate(to_prune):
+      check_not_keras3(layer, f"to_prune[{i}]")
+      if isinstance(layer, keras.Model):
+        raise TypeError(f"`to_prune[{i}]` is a model; pass models directly, not in a list.")
+    return [layer if skipped(layer) else make_wrapper(layer, i)
+            for i, layer in enumerate(to_prune)]
+
+  if isinstance(to_prune, keras.Model):
+    _check_model(to_prune, "to_prune")
+    skipped = _skip_predicate(skip, to_prune)
+    wrapped = []
+
+    def clone(layer):
+      if isinstance(layer, keras.Model):
+        _check_model(layer, f"nested model {layer.name}")
+        return keras.models.clone_model(layer, input_tensors=None, clone_function=clone)
+      if wrapper_lib.prunable_weight_name(layer) is None or skipped(layer):
+        return layer
+      wrapped.append(layer.name)
+      return make_wrapper(layer, len(wrapped) - 1)
+
+    model = keras.models.clone_model(to_prune, input_tensors=None, clone_function=clone)
+    if not wrapped:
+      raise ValueError(
+          f"{api_name} found no layer to prune in model {to_prune.name!r}: supported layers are "
+          f"{wrapper_lib.supported_layer_names()}" + (" (after `skip`)." if skip else "."))
+    return model
+
+  if isinstance(to_prune, keras.layers.Layer):
+    return to_prune if _skip_predicate(skip)(to_prune) else make_wrapper(to_prune, 0)
+
+  raise TypeError(
+      f"`to_prune` must be a Sequential or functional tf_keras model, a tf_keras layer or a list "
+      f"of layers; got {type(to_prune).__name__}.")
+
+
+def _layer_seed(seed, index):
+  return None if seed is None else (seed + index) % (2**31 - 1)
+
+
+def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="magnitude",
+                skip=None, seed=None):
+  """Wraps a model or layers for Gibbs pruning (Labach & Valaee, arXiv 2006.04981).
+
+  Each wrapped layer samples a pruning mask x ~ p(x) ∝ exp(−β H(x; w)) at every training step
+  (see :class:`tf_gibbs.GibbsPruning`). Train with ``model.fit(...,
+  callbacks=[tf_gibbs.UpdatePruningStep()])``, then ``tf_gibbs.strip_pruning``.
+
+  Example::
+
+    import tf_keras as keras, tf_gibbs
+    schedule = tf_gibbs.GibbsSchedule(0.9, beta_begin=1, beta_end=1e4, begin_step=0,
+                                      end_step=2000)
+    pruned = tf_gibbs.prune_gibbs(model, schedule, skip=["stem", "classifier"])
+
+  Args:
+    to_prune: Sequential or functional tf_keras model (cloned; Dense, Conv1D, Conv2D and
+      DepthwiseConv2D layers are wrapped, others kept), one such layer, or a list of layers.
+    schedule: a :class:`tf_gibbs.GibbsSchedule`; default ``GibbsSchedule()`` (p = 0.9,
+      β 1 → 1e4 over steps 0–10000).
+    hamiltonian: energy name, one of ``tf_gibbs.core.gibbs.HAMILTONIANS``.
+    test_mode: ``"magnitude"`` (deterministic exact-count mask at inference) or ``"sample"``
+      (stochastic inference at the current β, as the reference code's 'gibbs' mode).
+    skip: layers to leave dense: a name, a list of names, or ``callable(layer) -> bool``.
+    seed: None, or an integer from which each wrapped layer's seed is derived.
+
+  Returns:
+    The wrapped model, layer or list of layers.
+  """
+  if schedule is None:
+    schedule = GibbsSchedule()
+  gibbs_lib.check_gibbs_schedule(schedule)
+  gibbs_core.get_hamiltonian(hamiltonian)
+  gibbs_lib.check_test_mode(test_mode)
+  wrapper_lib.check_seed(seed)
+
+  def make_wrapper(layer, index):
+    return gibbs_lib.GibbsPruning(layer, pruning_schedule=schedule, hamiltonian=hamiltonian,
+                                  test_mode=test_mode, seed=_layer_seed(seed, index))
+
+  return apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_gibbs")
+
+
+def _stripped_copy(wrapper, pending):
+  """A fresh inner layer; its weights (the deployable ones) are set once it is built."""
+  inner = wrapper.layer
+  config = inner.get_config()
+  if getattr(wrapper, "_batch_input_shape", None) is not None and "batch_input_shape" not in config:
+    config["batch_input_shape"] = wrapper._batch_input_shape  # pylint: disable=protected-access
+  copy = inner.__class__.from_config(config)
+  final = wrapper.final_weight().numpy()
+  values = [final if v is wrapper.prunable_weights[0] else v.numpy() for v in inner.weights]
+  pending.append((copy, values))
+  return copy
+
+
+def strip_pruning(model):
+  """Returns a plain tf_keras model with every tf_gibbs wrapper replaced by its deployable layer.
+
+  Unlike ``tfmot.sparsity.keras.strip_pruning`` (which returns the inner layers as they are), the
+  deployable weight (for Gibbs pruning: the exact-count deterministic mask applied) is computed
+  here, so the result is exact even if the step callback never ran past the schedule's end. The
+  wrapped model is not modified; stripped layers are fresh copies, other layers are shared (as in
+  tfmot). tfmot's own wrappers in the model are unwrapped the tfmot way.
+
+  Args:
+    model: a Sequential or functional model, or a single tf_gibbs wrapper.
+
+  Returns:
+    The stripped model (or layer).
+  """
+  if isinstance(model, wrapper_lib.PruningWrapper):
+    pending = []
+    if not model.built:
+      raise ValueError(f"Wrapper {model.name} is not built; call it on data before stripping.")
+    copy = _stripped_copy(model, pending)
+    copy.build(model.layer._build_input_shape)  # pylint: disable=protected-access
+    copy.set_weights(pending[0][1])
+    return copy
+  check_not_keras3(model, "model")
+  if not isinstance(model, keras.Model):
+    raise TypeError(f"`model` must be a tf_keras model or a tf_gibbs wrapper, got "
+                    f"{type(model).__name__}.")
+  if not is_graph_model(model):
+    raise ValueError(
+        f"strip_pruning cannot clone the subclassed model {type(model).__name__}. Rebuild it "
+        "with plain layers and copy the weights from `tf_gibbs.strip_pruning(wrapper)` of each "
+        "wrapped layer, or define it as a functional model.")
+
+  pending = []
+  unfinished = []
+
+  def strip(layer):
+    if isinstance(layer, keras.Model):
+      return keras.models.clone_model(layer, input_tensors=None, clone_function=strip)
+    if isinstance(layer, wrapper_lib.PruningWrapper):
+      if not bool(layer.schedule_finished()):
+        unfinished.append(layer.name)
+      return _stripped_copy(layer, pending)
+    if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+      return layer.layer
+    return layer
+
+  stripped = keras.models.clone_model(model, input_tensors=None, clone_function=strip)
+  for copy, values in pending:
+    copy.set_weights(values)
+  if unfinished:
+    warnings.warn(f"strip_pruning: the schedule of {unfinished} has not reached its end step; "
+                  "their masks use the sparsity of the current step.", stacklevel=2)
+  return stripped
+
+
+def prune_scope():
+  """Custom-object scope that loads models saved with tf_gibbs (and tfmot) wrappers.
+
+  tf_gibbs classes are also registered as Keras serializables, so loading usually works without
+  it; use it like tfmot's ``prune_scope`` where a loader needs explicit names::
+
+    with tf_gibbs.prune_scope():
+      model = tf_keras.models.load_model(path)
+  """
+  return keras.utils.custom_object_scope({
+      "GibbsPruning": gibbs_lib.GibbsPruning,
+      "PruneLowMagnitude": pruning_wrapper.PruneLowMagnitude,
+      **wrapper_lib.schedule_custom_objects(),
+  })

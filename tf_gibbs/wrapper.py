@@ -1,0 +1,270 @@
+"""The shared wrapper base of every tf_gibbs method.
+
+:class:`PruningWrapper` subclasses tfmot's ``PruneLowMagnitude`` so that
+``tfmot.sparsity.keras.strip_pruning``, ``UpdatePruningStep`` and ``PruningSummaries`` accept it,
+but replaces its mechanics:
+
+* tfmot masks by writing ``weight * mask`` into the variable on every call. We keep the variable
+  raw during training (pruned weights keep their values and can come back) and run the inner layer
+  on an *effective weight* tensor computed inside the forward graph.
+* A method (Gibbs, L0 gates, adaptive thresholds) only implements two hooks:
+  :meth:`training_weight` (the effective weight in a training step) and
+  :meth:`deterministic_weight` (the final, deployable weight). The base owns the step counter,
+  the tfmot bookkeeping (``pruning_vars``, ``pruning_step``, ``pruning_obj``), the call of the
+  inner layer, serialization and the final write that makes tfmot's stripping correct.
+
+The step counter is tfmot's: int64, −1 until ``UpdatePruningStep`` sets it to 0 at the start of
+``fit``, incremented by every training call (the first training step runs at step 1).
+"""
+
+import random
+
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as tfmot_schedule
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tf_keras.src.mixed_precision import autocast_variable
+
+from tf_gibbs._keras import check_not_keras3
+from tf_gibbs._keras import keras
+
+# Layer class -> name of the weight attribute that is pruned. Exact classes only: subclasses such
+# as Conv2DTranspose or SeparableConv2D lay their kernels out differently.
+PRUNABLE_WEIGHTS = {
+    keras.layers.Dense: "kernel",
+    keras.layers.Conv1D: "kernel",
+    keras.layers.Conv2D: "kernel",
+    keras.layers.DepthwiseConv2D: "depthwise_kernel",
+}
+
+_ONLY_FIRST = tf.VariableAggregation.ONLY_FIRST_REPLICA
+_STEP_ERROR = (
+    "tf_gibbs wrappers count training steps: add `tf_gibbs.UpdatePruningStep()` (or "
+    "`tfmot.sparsity.keras.UpdatePruningStep()`) to the callbacks of `fit`, or set "
+    "`pruning_step` to 0 before a custom training loop.")
+
+
+def supported_layer_names():
+  return sorted(cls.__name__ for cls in PRUNABLE_WEIGHTS)
+
+
+def prunable_weight_name(layer):
+  """The attribute name of ``layer``'s prunable weight, or None if the layer is not supported."""
+  return PRUNABLE_WEIGHTS.get(type(layer))
+
+
+def check_layer(layer, argument="layer"):
+  """Validates one layer for wrapping; returns its prunable weight's attribute name."""
+  check_not_keras3(layer, argument)
+  if not isinstance(layer, keras.layers.Layer):
+    raise TypeError(f"`{argument}` must be a tf_keras layer, got {type(layer).__name__}.")
+  if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+    raise ValueError(
+        f"`{argument}` ({layer.name}) is already wrapped by {type(layer).__name__}; a layer can "
+        "carry one pruning wrapper. Strip it first (`tf_gibbs.strip_pruning`).")
+  name = prunable_weight_name(layer)
+  if name is None:
+    raise ValueError(
+        f"`{argument}` ({layer.name}, {type(layer).__name__}) is not a supported layer; "
+        f"supported layers: {supported_layer_names()}.")
+  return name
+
+
+def check_seed(seed):
+  if seed is None:
+    return random.randrange(2**31 - 1)
+  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+    raise ValueError(f"`seed` must be None or an integer in [0, 2**31), got {seed!r}.")
+  return int(seed)
+
+
+def schedule_custom_objects():
+  """Schedules that wrapper configs may name, for ``deserialize_keras_object``."""
+  from tf_gibbs.schedule import GibbsSchedule  # pylint: disable=g-import-not-at-top
+  return {
+      "GibbsSchedule": GibbsSchedule,
+      "ConstantSparsity": tfmot_schedule.ConstantSparsity,
+      "PolynomialDecay": tfmot_schedule.PolynomialDecay,
+  }
+
+
+class _FinalWeightWriter:
+  """Stands in for tfmot's ``pruning_obj``: ``UpdatePruningStep`` calls ``weight_mask_op()``
+  at every epoch end. We use that moment to write the deployable weight into the variable once
+  the schedule is over, so that tfmot's ``strip_pruning`` (which just unwraps) is exact."""
+
+  def __init__(self, wrapper):
+    self._wrapper = wrapper
+
+  def weight_mask_op(self):
+    return self._wrapper.write_final_weight()
+
+  def conditional_mask_update(self):
+    return tf.no_op()
+
+
+class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
+  """Base wrapper: step counter, tfmot bookkeeping, effective-weight forward pass.
+
+  Subclasses implement :meth:`training_weight` and :meth:`deterministic_weight`, may override
+  :meth:`inference_weight` and :meth:`build_method_variables`, and add their own constructor
+  arguments to :meth:`get_config`. Variables they create with ``add_weight(trainable=True)`` are
+  trained by ``model.fit`` (tfmot's wrapper would hide them).
+
+  Args:
+    layer: a tf_keras Dense, Conv1D, Conv2D or DepthwiseConv2D layer (not yet wrapped).
+    pruning_schedule: a tfmot ``PruningSchedule``.
+    seed: integer seed of the layer's stateless random stream; None draws one from Python's
+      ``random`` (reproducible under ``keras.utils.set_random_seed``) and stores it in the config.
+  """
+
+  def __init__(self, layer, pruning_schedule, seed=None, **kwargs):
+    weight_name = check_layer(layer)
+    if not isinstance(pruning_schedule, tfmot_schedule.PruningSchedule):
+      raise TypeError("`pruning_schedule` must be a tfmot PruningSchedule (for example "
+                      f"tf_gibbs.GibbsSchedule), got {type(pruning_schedule).__name__}.")
+    seed = check_seed(seed)
+    super().__init__(layer, pruning_schedule=pruning_schedule, **kwargs)
+    self.seed = seed
+    self.weight_name = weight_name
+
+  # --- hooks for the methods -------------------------------------------------------------------
+
+  def build_method_variables(self, weight):
+    """Creates the method's own variables (gates, thresholds, ...). Called once from build."""
+    del weight
+
+  def training_weight(self, weight, step):
+    """The effective weight of one training step (a tensor of ``weight``'s shape)."""
+    raise NotImplementedError
+
+  def deterministic_weight(self, weight, step):
+    """The deployable weight: what stripping writes and what inference uses by default."""
+    raise NotImplementedError
+
+  def inference_weight(self, weight, step):
+    return self.deterministic_weight(weight, step)
+
+  # --- Keras ------------------------------------------------------------------------------------
+
+  def build(self, input_shape):
+    keras.layers.Wrapper.build(self, input_shape)
+    weight = getattr(self.layer, self.weight_name)
+    self.prunable_weights = [weight]
+    mask = self.add_weight("mask", shape=weight.shape, initializer="ones", dtype=tf.float32,
+                           trainable=False, aggregation=_ONLY_FIRST)
+    threshold = self.add_weight("threshold", shape=[], initializer="zeros", dtype=tf.float32,
+                                trainable=False, aggregation=_ONLY_FIRST)
+    self.pruning_vars = [(weight, mask, threshold)]
+    self.pruning_step = self.add_weight(
+        "pruning_step", shape=[], initializer=keras.initializers.Constant(-1), dtype=tf.int64,
+        trainable=False, aggregation=_ONLY_FIRST)
+    self.pruning_obj = _FinalWeightWriter(self)
+    self.build_method_variables(weight)
+    self.built = True
+
+  @property
+  def mask(self):
+    """Last mask used (the sampled one in training; the final one after the schedule ends)."""
+    return self.pruning_vars[0][1]
+
+  @property
+  def threshold(self):
+    return self.pruning_vars[0][2]
+
+  def call(self, inputs, training=None):
+    if training is None:
+      training = keras.backend.learning_phase()
+    weight = self.read_weight()
+
+    def train():
+      step = self.pruning_step.assign_add(1)
+      check = tf.debugging.assert_greater_equal(step, tf.constant(1, tf.int64),
+                                                message=_STEP_ERROR)
+      with tf.control_dependencies([check]):
+        return self.training_weight(weight, tf.identity(step))
+
+    def infer():
+      return self.inference_weight(weight, tf.identity(self.pruning_step))
+
+    effective = tf.__internal__.smart_cond.smart_cond(training, train, infer)
+    return self.call_layer_with(inputs, effective)
+
+  def call_layer_with(self, inputs, effective_weight):
+    """Runs the inner layer with ``effective_weight`` in place of its prunable variable."""
+    layer = self.layer
+    variable = getattr(layer, self.weight_name)
+    effective_weight = tf.cast(effective_weight, layer.compute_dtype)
+    if inputs.dtype.is_floating and inputs.dtype != layer.compute_dtype:
+      inputs = tf.cast(inputs, layer.compute_dtype)
+    # object.__setattr__ bypasses Keras' attribute tracking, which would otherwise drop the
+    # variable from the layer's weight list and re-append it (changing the weight order).
+    object.__setattr__(layer, self.weight_name, effective_weight)
+    try:
+      return layer.call(inputs)
+    finally:
+      object.__setattr__(layer, self.weight_name, variable)
+
+  def read_weight(self):
+    """The prunable variable's value in its own (float32) dtype."""
+    weight = self.prunable_weights[0]
+    if isinstance(weight, autocast_variable.AutoCastVariable):
+      weight = weight._variable  # pylint: disable=protected-access  (float32, not the cast)
+    return tf.convert_to_tensor(weight)
+
+  def schedule_finished(self, step=None):
+    """Bool tensor: the schedule has reached its end step (tfmot's ``end_step`` = −1: never)."""
+    step = self.pruning_step if step is None else step
+    end_step = getattr(self.pruning_schedule, "end_step", -1)
+    if end_step is None or end_step < 0:
+      return tf.constant(False)
+    return tf.greater_equal(tf.cast(step, tf.int64), end_step)
+
+  def final_weight(self):
+    """The deployable weight at the current step, as a tensor (used by ``strip_pruning``)."""
+    return self.deterministic_weight(self.read_weight(), tf.identity(self.pruning_step))
+
+  def write_final_weight(self):
+    """Once the schedule is over, writes the deployable weight into the variable.
+
+    Methods whose deterministic weight is ``weight * binary_mask`` are idempotent under this
+    write, so the wrapped model's inference output is unchanged and the bare inner layer alone
+    reproduces it (what tfmot's ``strip_pruning`` returns). Methods whose final weight is not
+    idempotent must override this.
+    """
+    weight = self.prunable_weights[0]
+    current = self.read_weight()
+    final = tf.where(self.schedule_finished(), self.final_weight(), current)
+    return weight.assign(tf.cast(final, weight.dtype))
+
+  def get_config(self):
+    config = keras.layers.Wrapper.get_config(self)
+    config["pruning_schedule"] = self.pruning_schedule.get_config()
+    config["seed"] = self.seed
+    return config
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    config = dict(config)
+    objects = dict(schedule_custom_objects())
+    objects.update(custom_objects or {})
+    config["pruning_schedule"] = keras.utils.deserialize_keras_object(
+        config["pruning_schedule"], custom_objects=objects)
+    config["layer"] = keras.layers.deserialize(config["layer"], custom_objects=custom_objects)
+    return cls(**config)
+
+  @property
+  def trainable_weights(self):
+    own = self._trainable_weights if self.trainable else []
+    return self.layer.trainable_weights + own
+
+  @property
+  def non_trainable_weights(self):
+    frozen = [] if self.trainable else self._trainable_weights
+    return self.layer.non_trainable_weights + frozen + self._non_trainable_weights
+
+  def get_weights(self):
+    return keras.layers.Layer.get_weights(self)
+
+  def set_weights(self, weights):
+    keras.layers.Layer.set_weights(self, weights)
