@@ -6,6 +6,6 @@ from tf_gibbs.core.gibbs import UnstructuredHamiltonian
 from tf_gibbs.core.gibbs import get_hamiltonian
 from tf_gibbs.core.gibbs import sample_unstructured_mask
 from tf_gibbs.core.gibbs import unstructured_keep_probability
-from tf_gibbs.core.quantile import exact_count_keep_mask
-from tf_gibbs.core.quantile import pruned_count
-from tf_gibbs.core.quantile import quantile
+from tf_gibbs.core.ranking import exact_count_keep_mask
+from tf_gibbs.core.ranking import pruned_count
+from tf_gibbs.core.ranking import quantile

@@ -13,7 +13,7 @@ weights and the step. That makes resumed runs reproducible and gives every repli
 
 import tensorflow as tf
 
-from tf_gibbs.core import quantile as quantile_lib
+from tf_gibbs.core import ranking
 
 
 def unstructured_keep_probability(squared_weights, threshold, beta):
@@ -44,7 +44,7 @@ def sample_unstructured_mask(weights, sparsity, beta, seed):
     (mask, threshold): float32 mask of ``weights``' shape, and the float32 scalar Q_p.
   """
   squared = tf.square(tf.cast(weights, tf.float32))
-  threshold = quantile_lib.quantile(squared, sparsity)
+  threshold = ranking.quantile(squared, sparsity)
   keep_probability = unstructured_keep_probability(squared, threshold, beta)
   uniform = tf.random.stateless_uniform(tf.shape(squared), seed=seed, dtype=tf.float32)
   mask = tf.cast(uniform < keep_probability, tf.float32)
@@ -88,7 +88,7 @@ class UnstructuredHamiltonian(Hamiltonian):
     return sample_unstructured_mask(weights, sparsity, beta, seed)
 
   def deterministic_mask(self, weights, sparsity):
-    return quantile_lib.exact_count_keep_mask(tf.square(tf.cast(weights, tf.float32)), sparsity)
+    return ranking.exact_count_keep_mask(tf.square(tf.cast(weights, tf.float32)), sparsity)
 
 
 HAMILTONIANS = {

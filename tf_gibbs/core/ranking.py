@@ -20,6 +20,11 @@ def _static_size(flat):
   return n
 
 
+def _as_float64(x):
+  """Python numbers go straight to float64 (tf.cast would round them through float32)."""
+  return tf.cast(x, tf.float64) if tf.is_tensor(x) else tf.constant(x, tf.float64)
+
+
 def quantile(values, q):
   """The q-quantile of ``values`` with linear interpolation (numpy's default method).
 
@@ -39,10 +44,10 @@ def quantile(values, q):
   flat = _flat_float32(values)
   n = _static_size(flat)
   ordered = tf.sort(flat)
-  pos = tf.cast(q, tf.float32) * float(n - 1)
+  pos = _as_float64(q) * float(n - 1)  # float64: exact positions for large n
   lo = tf.clip_by_value(tf.cast(tf.floor(pos), tf.int32), 0, n - 1)
   hi = tf.minimum(lo + 1, n - 1)
-  frac = pos - tf.cast(lo, tf.float32)
+  frac = tf.cast(pos - tf.cast(lo, tf.float64), tf.float32)
   v_lo = tf.gather(ordered, lo)
   v_hi = tf.gather(ordered, hi)
   return v_lo + frac * (v_hi - v_lo)
@@ -50,7 +55,7 @@ def quantile(values, q):
 
 def pruned_count(n, sparsity):
   """round(sparsity · n) as an int32 tensor, computed in float64 so large n do not drift."""
-  count = tf.round(tf.cast(sparsity, tf.float64) * float(n))
+  count = tf.round(_as_float64(sparsity) * float(n))
   return tf.cast(tf.clip_by_value(count, 0.0, float(n)), tf.int32)
 
 

@@ -1,0 +1,29 @@
+"""Small models and data shared by the tests."""
+
+import numpy as np
+import tf_keras as keras
+
+
+def small_cnn(name="cnn"):
+  """A tiny functional CNN on 8x8x1 inputs (digits-shaped)."""
+  inputs = keras.Input((8, 8, 1), name="image")
+  h = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(inputs)
+  h = keras.layers.Conv2D(8, 3, activation="relu", name="conv2")(h)
+  h = keras.layers.Flatten(name="flatten")(h)
+  h = keras.layers.Dense(16, activation="relu", name="dense1")(h)
+  outputs = keras.layers.Dense(10, name="logits")(h)
+  return keras.Model(inputs, outputs, name=name)
+
+
+def random_data(n=64, seed=0):
+  rng = np.random.RandomState(seed)
+  x = rng.randn(n, 8, 8, 1).astype("float32")
+  y = rng.randint(0, 10, size=n)
+  return x, y
+
+
+def compile_model(model, jit_compile=False):
+  model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=jit_compile)
+  return model

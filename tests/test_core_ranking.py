@@ -1,0 +1,56 @@
+"""tf_gibbs.core.quantile against numpy, eagerly and under XLA."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_gibbs.core import ranking as q_lib
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 3, 2, 5), (1000,)])
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.5, 0.9, 0.95, 0.999, 1.0])
+def test_quantile_matches_numpy_linear(shape, q):
+  values = np.random.RandomState(1).randn(*shape).astype(np.float32) ** 2
+  got = q_lib.quantile(values, q).numpy()
+  np.testing.assert_allclose(got, np.quantile(values, q), rtol=1e-6, atol=1e-7)
+
+
+def test_quantile_with_tensor_q_under_xla():
+  values = np.random.RandomState(2).rand(500).astype(np.float32)
+  fn = tf.function(q_lib.quantile, jit_compile=True)
+  for q in (0.25, 0.9):
+    np.testing.assert_allclose(fn(values, tf.constant(q)).numpy(), np.quantile(values, q),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("n,sparsity", [(10, 0.9), (1152, 0.9), (37, 0.5), (5, 0.0),
+                                        (1, 0.9), (100, 0.98), (1000, 0.999)])
+def test_exact_count_mask_prunes_round_pn_smallest(n, sparsity):
+  scores = np.random.RandomState(n).rand(n).astype(np.float32)
+  mask = q_lib.exact_count_keep_mask(scores, sparsity).numpy()
+  k = int(round(sparsity * n))
+  assert mask.sum() == n - k
+  pruned = np.argsort(scores, kind="stable")[:k]
+  assert np.all(mask[pruned] == 0)
+
+
+def test_exact_count_mask_with_ties_is_exact_and_shaped():
+  scores = np.ones((4, 5), np.float32)
+  mask = q_lib.exact_count_keep_mask(scores, 0.5).numpy()
+  assert mask.shape == (4, 5)
+  assert mask.sum() == 10
+  # Ties are broken by flat position: the first ten are pruned.
+  np.testing.assert_array_equal(mask.reshape(-1), np.r_[np.zeros(10), np.ones(10)])
+
+
+def test_exact_count_mask_under_xla_with_tensor_sparsity():
+  scores = np.random.RandomState(3).rand(3, 3, 4, 8).astype(np.float32)
+  fn = tf.function(q_lib.exact_count_keep_mask, jit_compile=True)
+  mask = fn(scores, tf.constant(0.9)).numpy()
+  assert mask.sum() == scores.size - round(0.9 * scores.size)
+  np.testing.assert_array_equal(mask, q_lib.exact_count_keep_mask(scores, 0.9).numpy())
+
+
+def test_pruned_count_is_exact_for_large_layers():
+  # float32 0.9 * 10_000_000 is 8_999_999.76...; the count must still be 9_000_000.
+  assert int(q_lib.pruned_count(10_000_000, tf.constant(0.9, tf.float32))) == 9_000_000
