@@ -3,7 +3,8 @@
 from setuptools import find_packages
 from setuptools import setup
 
-EXAMPLES = ["tensorflow-datasets>=4.9,<5", "scikit-learn>=1.3,<2", "matplotlib>=3.7,<4"]
+EXAMPLES = ["tensorflow-datasets>=4.9,<5", "scikit-learn>=1.3,<2", "matplotlib>=3.7,<4",
+            "tensorboard>=2.21,<2.22"]  # PruningSummaries / TensorBoard logging
 LITERT = ["ai-edge-litert>=2.0,<3"]
 
 setup(
