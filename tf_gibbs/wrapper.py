@@ -150,12 +150,14 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
   def build(self, input_shape):
     keras.layers.Wrapper.build(self, input_shape)
     weight = getattr(self.layer, self.weight_name)
-    self.prunable_weights = [weight]
+    # Plain attributes (no Keras tracking): the inner layer owns the weight; tracking it here
+    # would list it twice in the wrapper's weights.
+    object.__setattr__(self, "prunable_weights", [weight])
     mask = self.add_weight("mask", shape=weight.shape, initializer="ones", dtype=tf.float32,
                            trainable=False, aggregation=_ONLY_FIRST)
     threshold = self.add_weight("threshold", shape=[], initializer="zeros", dtype=tf.float32,
                                 trainable=False, aggregation=_ONLY_FIRST)
-    self.pruning_vars = [(weight, mask, threshold)]
+    object.__setattr__(self, "pruning_vars", [(weight, mask, threshold)])
     self.pruning_step = self.add_weight(
         "pruning_step", shape=[], initializer=keras.initializers.Constant(-1), dtype=tf.int64,
         trainable=False, aggregation=_ONLY_FIRST)
