@@ -20,9 +20,9 @@ def check_test_mode(test_mode):
   return test_mode
 
 
-def check_gibbs_schedule(schedule):
+def check_gibbs_schedule(schedule, argument="schedule"):
   if not isinstance(schedule, GibbsSchedule):
-    raise TypeError("`schedule` of Gibbs pruning must be a tf_gibbs.GibbsSchedule (it also "
+    raise TypeError(f"`{argument}` of Gibbs pruning must be a tf_gibbs.GibbsSchedule (it also "
                     f"anneals β), got {type(schedule).__name__}.")
   return schedule
 
@@ -52,7 +52,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
                test_mode="magnitude", seed=None, **kwargs):
     if pruning_schedule is None:
       pruning_schedule = GibbsSchedule()
-    check_gibbs_schedule(pruning_schedule)
+    check_gibbs_schedule(pruning_schedule, "pruning_schedule")
     energy = gibbs_lib.get_hamiltonian(hamiltonian)
     check_test_mode(test_mode)
     super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
