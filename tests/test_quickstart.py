@@ -1,0 +1,30 @@
+"""The main job (examples/quickstart.py) runs end to end offline."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+import quickstart  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _check(result):
+  assert result["max_litert_diff"] < 1e-4
+  assert result["litert_accuracy"] == pytest.approx(result["pruned_accuracy"], abs=1 / 360)
+  assert result["pruned_accuracy"] == result["wrapped_accuracy"]
+  assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
+  dense_gz, pruned_gz = result["gzip_tflite"]
+  assert pruned_gz < 0.3 * dense_gz
+
+
+def test_quickstart_short_run(tmp_path):
+  _check(quickstart.main(["--epochs", "2", "--verbose", "0", "--out_dir", str(tmp_path)]))
+  assert (tmp_path / "pruned.tflite").exists()
+
+
+@pytest.mark.slow
+def test_quickstart_full_run_keeps_accuracy(tmp_path):
+  result = quickstart.main(["--verbose", "0", "--out_dir", str(tmp_path)])
+  _check(result)
+  assert result["pruned_accuracy"] > result["dense_accuracy"] - 0.03
