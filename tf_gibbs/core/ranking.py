@@ -4,6 +4,8 @@ Everything here has static shapes, so it runs eagerly, inside ``tf.function`` an
 ``jit_compile=True`` with a sparsity that is a tensor (for example one that a schedule ramps).
 """
 
+import functools
+
 import tensorflow as tf
 
 
@@ -25,14 +27,75 @@ def _as_float64(x):
   return tf.cast(x, tf.float64) if tf.is_tensor(x) else tf.constant(x, tf.float64)
 
 
-def quantile(values, q):
+# Radix select: 32-bit keys, three digit passes of 11 + 11 + 10 bits (shift, width).
+_RADIX_PASSES = ((21, 11), (10, 11), (0, 10))
+_SIGN_BIT = 0x80000000
+
+
+def _ordered_keys(flat):
+  """float32 → uint32 keys with the same order (negatives flipped, positives get the sign bit)."""
+  bits = tf.bitcast(flat, tf.uint32)
+  negative = tf.bitwise.right_shift(bits, tf.constant(31, tf.uint32)) > 0
+  return tf.where(negative, tf.bitwise.invert(bits),
+                  tf.bitwise.bitwise_or(bits, tf.constant(_SIGN_BIT, tf.uint32)))
+
+
+def _key_to_float(key):
+  bits = tf.where(key >= tf.constant(_SIGN_BIT, tf.uint32),
+                  tf.bitwise.bitwise_and(key, tf.constant(_SIGN_BIT - 1, tf.uint32)),
+                  tf.bitwise.invert(key))
+  return tf.bitcast(bits, tf.float32)
+
+
+def kth_smallest(values, k):
+  """The k-th smallest value (0-based rank k) of ``values``, exactly, without sorting.
+
+  Radix select on the order-preserving 32-bit keys of the float32 values: each of three passes
+  histograms one digit of the keys that share the prefix found so far
+  (``unsorted_segment_sum``), and the cumulative counts give the digit holding rank k. Cost
+  O(n) per pass with static shapes, so it runs under XLA; on CPU it is several times faster
+  than ``tf.sort`` (which the reference code's percentile needs).
+
+  Args:
+    values: tensor of any fully defined shape (flattened).
+    k: int scalar in [0, n − 1].
+
+  Returns:
+    float32 scalar.
+  """
+  flat = _flat_float32(values)
+  n = _static_size(flat)
+  keys = _ordered_keys(flat)
+  rank = tf.clip_by_value(tf.cast(k, tf.int32), 0, n - 1)
+  prefix = tf.constant(0, tf.uint32)
+  for shift, width in _RADIX_PASSES:
+    top = shift + width
+    digit = tf.bitwise.bitwise_and(tf.bitwise.right_shift(keys, tf.constant(shift, tf.uint32)),
+                                   tf.constant((1 << width) - 1, tf.uint32))
+    digit = tf.cast(digit, tf.int32)
+    if top < 32:  # keys outside the prefix go to an overflow bin that is dropped
+      in_prefix = tf.equal(tf.bitwise.right_shift(keys, tf.constant(top, tf.uint32)), prefix)
+      digit = tf.where(in_prefix, digit, 1 << width)
+    # bincount: an order of magnitude faster on CPU than unsorted_segment_sum
+    counts = tf.raw_ops.DenseBincount(input=digit, size=tf.constant((1 << width) + 1),
+                                      weights=tf.zeros([0], tf.int32))[:1 << width]
+    cumulative = tf.cumsum(counts)
+    chosen = tf.reduce_sum(tf.cast(cumulative <= rank, tf.int32))
+    rank -= tf.gather(cumulative, chosen) - tf.gather(counts, chosen)
+    prefix = tf.bitwise.bitwise_or(
+        tf.bitwise.left_shift(prefix, tf.constant(width, tf.uint32)), tf.cast(chosen, tf.uint32))
+  return _key_to_float(prefix)
+
+
+def _quantile(values, q):
   """The q-quantile of ``values`` with linear interpolation (numpy's default method).
 
   Q_q = v_(lo) + (pos − lo)·(v_(lo+1) − v_(lo)),  pos = q·(n − 1),  lo = ⌊pos⌋,
 
   where v_(0) ≤ … ≤ v_(n−1) are the sorted values. This is the threshold Q_p of Gibbs pruning
   (Labach & Valaee, §1 of ``methods.md``), which the reference code takes from
-  ``tfp.stats.percentile(..., interpolation='linear')``.
+  ``tfp.stats.percentile(..., interpolation='linear')``. The order statistics come from
+  :func:`kth_smallest` (no sort).
 
   Args:
     values: a tensor of any shape with a fully defined number of elements.
@@ -43,13 +106,14 @@ def quantile(values, q):
   """
   flat = _flat_float32(values)
   n = _static_size(flat)
-  ordered = tf.sort(flat)
   pos = _as_float64(q) * float(n - 1)  # float64: exact positions for large n
   lo = tf.clip_by_value(tf.cast(tf.floor(pos), tf.int32), 0, n - 1)
-  hi = tf.minimum(lo + 1, n - 1)
   frac = tf.cast(pos - tf.cast(lo, tf.float64), tf.float32)
-  v_lo = tf.gather(ordered, lo)
-  v_hi = tf.gather(ordered, hi)
+  v_lo = kth_smallest(flat, lo)
+  # v_(lo+1) is v_lo again if v_lo is repeated beyond rank lo, else the next larger value.
+  repeated = tf.reduce_sum(tf.cast(flat <= v_lo, tf.int32)) >= lo + 2
+  larger = tf.reduce_min(tf.where(flat > v_lo, flat, tf.fill(tf.shape(flat), float("inf"))))
+  v_hi = tf.where(repeated | (lo + 1 >= n), v_lo, larger)
   return v_lo + frac * (v_hi - v_lo)
 
 
@@ -59,7 +123,7 @@ def pruned_count(n, sparsity):
   return tf.cast(tf.clip_by_value(count, 0.0, float(n)), tf.int32)
 
 
-def exact_count_keep_mask(scores, sparsity):
+def _exact_count_keep_mask(scores, sparsity):
   """Deterministic mask that prunes exactly round(sparsity·n) entries with the smallest scores.
 
   mask_i = 0  iff  rank(score_i) < round(sparsity · n),
@@ -68,6 +132,7 @@ def exact_count_keep_mask(scores, sparsity):
   pruned first), so the count is exact even when scores are all equal. This is the deployment
   mask of all tf_gibbs Hamiltonians: magnitude pruning at exactly the target fraction. (The
   reference code keeps ``score >= quantile``, whose count drifts with ties and interpolation.)
+  Computed with one :func:`kth_smallest` and a cumulative count of ties (no sort).
 
   Args:
     scores: tensor of any fully defined shape; larger means more worth keeping.
@@ -78,7 +143,41 @@ def exact_count_keep_mask(scores, sparsity):
   """
   flat = _flat_float32(scores)
   n = _static_size(flat)
-  order = tf.argsort(flat, stable=True)
-  ranks = tf.scatter_nd(order[:, None], tf.range(n, dtype=tf.int32), [n])
-  keep = ranks >= pruned_count(n, sparsity)
-  return tf.reshape(tf.cast(keep, tf.float32), tf.shape(scores))
+  k = pruned_count(n, sparsity)
+  cut = kth_smallest(flat, tf.maximum(k - 1, 0))  # the largest pruned score
+  below = flat < cut
+  ties = tf.equal(flat, cut)
+  ties_to_prune = k - tf.reduce_sum(tf.cast(below, tf.int32))
+  tie_position = tf.cumsum(tf.cast(ties, tf.int32), exclusive=True)
+  pruned = (below | (ties & (tie_position < ties_to_prune))) & (k > 0)
+  return tf.reshape(tf.cast(tf.logical_not(pruned), tf.float32), tf.shape(scores))
+
+
+def _nested_xla_allowed():
+  """Nested XLA clusters are used except inside a multi-replica tf.distribute strategy, where
+  XLA on (logical) CPU devices is not supported by TensorFlow."""
+  return not (tf.distribute.has_strategy() and
+              tf.distribute.get_strategy().num_replicas_in_sync > 1)
+
+
+def _xla_compiled(fn):
+  """Runs ``fn(values, fraction)`` as its own XLA cluster, also inside a non-XLA graph.
+
+  The selection is ~40 small ops; fused by XLA it costs a third of running them one by one on
+  CPU, which matters because it runs for every layer at every training step. The fraction goes
+  in as a float64 tensor (no retracing per value, no float32 rounding of Python numbers).
+  """
+  compiled = tf.function(fn, jit_compile=True, autograph=False)
+
+  @functools.wraps(fn)
+  def run(values, fraction):
+    fraction = _as_float64(fraction)
+    if _nested_xla_allowed():
+      return compiled(values, fraction)
+    return fn(values, fraction)
+
+  return run
+
+
+quantile = _xla_compiled(_quantile)
+exact_count_keep_mask = _xla_compiled(_exact_count_keep_mask)

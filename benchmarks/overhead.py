@@ -1,0 +1,119 @@
+"""Training-step time of Gibbs-pruned ResNet-20 divided by tfmot's prune_low_magnitude.
+
+  python benchmarks/overhead.py [--batch_sizes 128,16] [--steps N] [--xla]
+
+Both models are the same ResNet-20 (CIFAR-shaped random data), with the same layers wrapped
+(every conv and projection except the stem; not the classifier), trained in one process on the
+same batches with ``train_on_batch``, single steps interleaved; the figure is the ratio of the
+20th percentiles of the step times (the median ratio is printed too; see ``measure``).
+tfmot uses ConstantSparsity(0.9) with its default mask update every 100 steps; Gibbs samples a
+new mask at every step. Target (issue #2): ratio ≤ 1.10 at batch 128 and at batch 16.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper  # noqa: E402
+
+import tf_gibbs  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resnet import resnet  # noqa: E402  pylint: disable=g-import-not-at-top
+
+SKIP = ("stem", "classifier")
+
+
+def _prunable(layer):
+  return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.name not in SKIP
+
+
+def tfmot_model(depth):
+  schedule = tfmot.sparsity.keras.ConstantSparsity(0.9, begin_step=0)
+
+  def wrap(layer):
+    return tfmot.sparsity.keras.prune_low_magnitude(layer, schedule) if _prunable(layer) else layer
+
+  return keras.models.clone_model(resnet(depth), clone_function=wrap)
+
+
+def gibbs_model(depth, hamiltonian="unstructured"):
+  schedule = tf_gibbs.GibbsSchedule(0.9, beta_begin=1.0, beta_end=1e4, begin_step=0,
+                                    end_step=10_000)
+  return tf_gibbs.prune_gibbs(resnet(depth), schedule, hamiltonian=hamiltonian,
+                              skip=lambda layer: not _prunable(layer))
+
+
+def _prepare(model, xla):
+  model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=xla)
+  for layer in model.layers:
+    if isinstance(layer, pruning_wrapper.PruneLowMagnitude):  # what UpdatePruningStep does
+      layer.pruning_step.assign(0)
+  return model
+
+
+def measure(models, batch_size, steps, warmup=3, baseline="tfmot", percentile=20):
+  """Per-step times of every model, interleaved one step at a time (A B, then B A, ...).
+
+  The machine's speed drifts and jumps between steps (on the 2-core machine here single steps
+  of the same model vary by ±30 %), so single steps of the models are interleaved and each
+  model is summarized by a low percentile of its step times (the least disturbed steps) and by
+  its median; the ratios to ``baseline`` of both are reported.
+  """
+  rng = np.random.RandomState(0)
+  x = rng.rand(batch_size, 32, 32, 3).astype("float32")
+  y = rng.randint(0, 10, batch_size)
+  names = list(models)
+  for name in names:
+    for _ in range(warmup):
+      models[name].train_on_batch(x, y)
+  times = {name: [] for name in names}
+  for i in range(steps):
+    for name in (names if i % 2 == 0 else names[::-1]):
+      start = time.perf_counter()
+      models[name].train_on_batch(x, y)
+      times[name].append(time.perf_counter() - start)
+  low = {n: float(np.percentile(t, percentile)) for n, t in times.items()}
+  mid = {n: float(np.median(t)) for n, t in times.items()}
+  return {n: (low[n], low[n] / low[baseline], mid[n], mid[n] / mid[baseline]) for n in names}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch_sizes", default="128,16")
+  parser.add_argument("--steps", type=int, default=0,
+                      help="timed steps per model (default: 120 at batch < 64, else 40)")
+  parser.add_argument("--depth", type=int, default=20)
+  parser.add_argument("--xla", action="store_true", help="compile both with jit_compile=True")
+  args = parser.parse_args(argv)
+
+  keras.utils.set_random_seed(0)
+  models = {
+      "tfmot": _prepare(tfmot_model(args.depth), args.xla),
+      "gibbs_unstructured": _prepare(gibbs_model(args.depth), args.xla),
+  }
+  print(f"ResNet-{args.depth}, CIFAR-shaped input, xla={args.xla}; step times of "
+        f"{args.steps} interleaved steps per model and batch size")
+  print(f"{'method':<22} {'batch':>5} {'p20 ms':>8} {'p20 ratio':>10} {'median ms':>10} "
+        f"{'median ratio':>13}")
+  results = {}
+  for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+    steps = args.steps if args.steps else (40 if batch_size >= 64 else 120)
+    timing = measure(models, batch_size, steps)
+    for name, (low, low_ratio, mid, mid_ratio) in timing.items():
+      results[(name, batch_size)] = low_ratio
+      print(f"{name:<22} {batch_size:>5} {1e3 * low:>8.1f} {low_ratio:>10.3f} {1e3 * mid:>10.1f} "
+            f"{mid_ratio:>13.3f}")
+  return results
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
