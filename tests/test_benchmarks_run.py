@@ -1,0 +1,22 @@
+"""The benchmark scripts run (tiny settings; their figures are not asserted here)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import accuracy  # noqa: E402  pylint: disable=g-import-not-at-top
+import overhead  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def test_accuracy_benchmark_runs_and_reaches_the_target_sparsity():
+  results = accuracy.main(["--epochs", "1", "--seeds", "0", "--sparsities", "0.9"])
+  assert set(results) == {("dense", 0.0), ("tfmot", 0.9), ("gibbs", 0.9)}
+  for (method, target), (acc, _, measured) in results.items():
+    assert 0.0 <= acc <= 1.0
+    assert abs(measured - target) < 1e-3, (method, measured)
+
+
+def test_overhead_benchmark_runs():
+  results = overhead.main(["--batch_sizes", "4", "--steps", "2"])
+  assert results[("tfmot", 4)] == 1.0
+  assert results[("gibbs_unstructured", 4)] > 0
