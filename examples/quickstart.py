@@ -34,14 +34,15 @@ def load_digits(seed=0):
                           stratify=data.target)
 
 
-def digits_cnn():
-  """Conv32-Conv64-Dense128-Dense10 on 8x8x1 inputs."""
+def digits_cnn(weight_decay=0.0):
+  """Conv32-Conv64-Dense128-Dense10 on 8x8x1 inputs (optional L2 on the kernels)."""
+  l2 = keras.regularizers.l2(weight_decay) if weight_decay else None
   inputs = keras.Input((8, 8, 1), name="image")
-  h = keras.layers.Conv2D(32, 3, activation="relu", name="conv1")(inputs)
-  h = keras.layers.Conv2D(64, 3, activation="relu", name="conv2")(h)
+  h = keras.layers.Conv2D(32, 3, activation="relu", kernel_regularizer=l2, name="conv1")(inputs)
+  h = keras.layers.Conv2D(64, 3, activation="relu", kernel_regularizer=l2, name="conv2")(h)
   h = keras.layers.Flatten(name="flatten")(h)
-  h = keras.layers.Dense(128, activation="relu", name="dense1")(h)
-  outputs = keras.layers.Dense(10, name="logits")(h)
+  h = keras.layers.Dense(128, activation="relu", kernel_regularizer=l2, name="dense1")(h)
+  outputs = keras.layers.Dense(10, kernel_regularizer=l2, name="logits")(h)
   return keras.Model(inputs, outputs, name="digits_cnn")
 
 

@@ -101,12 +101,15 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     return weight * mask
 
   def write_final_weight(self):
-    """Also records the final mask, so ``PruningSummaries`` reports the deployed sparsity."""
-    final_mask = self.deterministic_mask(self.read_weight(), tf.identity(self.pruning_step))
-    with tf.control_dependencies([final_mask]):
-      update = super().write_final_weight()
-    with tf.control_dependencies([update]):
-      return self.mask.assign(tf.where(self.schedule_finished(), final_mask, self.mask))
+    """Once the schedule is over: kernel ← kernel ⊙ final mask, and the mask variable ← final
+    mask (so ``PruningSummaries`` reports the deployed sparsity). Idempotent."""
+    finished = self.schedule_finished()
+    weight = self.read_weight()
+    final_mask = self.deterministic_mask(weight, tf.identity(self.pruning_step))
+    variable = self.prunable_weights[0]
+    return tf.group(
+        variable.assign(tf.cast(tf.where(finished, weight * final_mask, weight), variable.dtype)),
+        self.mask.assign(tf.where(finished, final_mask, self.mask)))
 
   def get_config(self):
     config = super().get_config()
