@@ -54,3 +54,23 @@ def test_exact_count_mask_under_xla_with_tensor_sparsity():
 def test_pruned_count_is_exact_for_large_layers():
   # float32 0.9 * 10_000_000 is 8_999_999.76...; the count must still be 9_000_000.
   assert int(q_lib.pruned_count(10_000_000, tf.constant(0.9, tf.float32))) == 9_000_000
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kth_smallest_equals_sorted_value_for_any_floats(seed):
+  rng = np.random.RandomState(seed)
+  n = rng.randint(1, 3000)
+  values = (rng.randn(n) * 10.0 ** rng.uniform(-20, 20, n)).astype(np.float32)
+  values[rng.rand(n) < 0.2] = values[0]  # duplicates
+  values[rng.rand(n) < 0.05] = 0.0
+  values[rng.rand(n) < 0.05] = -0.0
+  ordered = np.sort(values)
+  for k in sorted({0, n - 1, n // 2, rng.randint(n)}):
+    assert q_lib.kth_smallest(values, k).numpy() == ordered[k]
+
+
+def test_exact_count_mask_with_negative_scores_and_signed_zeros():
+  scores = np.array([-3.0, 0.0, -0.0, 2.0, -1.0, 0.0, 5.0, -0.0], np.float32)
+  mask = q_lib.exact_count_keep_mask(scores, 0.5).numpy()
+  # the four smallest: -3, -1, then the first two zeros by position
+  np.testing.assert_array_equal(mask, [0, 0, 0, 1, 0, 1, 1, 1])

@@ -1,5 +1,6 @@
-"""Quantiles and exact-count masks in plain TensorFlow (no Keras, no tensorflow-probability).
+"""Order statistics, quantiles and exact-count masks in plain TensorFlow, by radix select.
 
+No Keras, no tensorflow-probability, no sort: ``tf.sort`` is slow on CPU and slower under XLA.
 Everything here has static shapes, so it runs eagerly, inside ``tf.function`` and under
 ``jit_compile=True`` with a sparsity that is a tensor (for example one that a schedule ramps).
 """
