@@ -1,0 +1,137 @@
+"""Kernel-wise and filter-wise samplers against their exact distributions (brute force)."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_gibbs.core import structured
+
+NUM_SAMPLES = 20000
+
+
+def _tv_bound(num_configs, num_samples, delta=1e-6):
+  """½√(K/M) bounds E[TV]; McDiarmid adds √(log(1/δ)/(2M)) at failure probability δ."""
+  return 0.5 * math.sqrt(num_configs / num_samples) + math.sqrt(
+      math.log(1 / delta) / (2 * num_samples))
+
+
+def _empirical_tv(samples, configs, probs):
+  index = {tuple(c): i for i, c in enumerate(configs)}
+  counts = np.zeros(len(configs))
+  for row in samples.astype(int):
+    counts[index[tuple(row)]] += 1
+  return 0.5 * np.abs(counts / len(samples) - probs).sum()
+
+
+def _exact(energy_fn, n, beta):
+  configs = np.array(list(itertools.product([0, 1], repeat=n)))
+  spins = 2.0 * configs - 1.0
+  logits = -beta * np.array([energy_fn(s) for s in spins])
+  probs = np.exp(logits - logits.max())
+  return [tuple(c) for c in configs], probs / probs.sum()
+
+
+def _kernel_energy(fields, coupling):
+  return lambda s: -coupling * (s.sum() ** 2 - len(s)) + (fields * s).sum()
+
+
+def _filter_energy(fields_a, fields_b, coupling):
+  n_a = len(fields_a)
+  return lambda s: 0.5 * (np.r_[fields_a, fields_b] * s).sum() - 0.5 * coupling * (
+      s[:n_a].sum() * s[n_a:].sum())
+
+
+def _uniforms(shape, seed):
+  return tf.random.stateless_uniform(shape, seed=[seed, 0], dtype=tf.float64)
+
+
+@pytest.mark.parametrize("beta,coupling", [(1.0, 0.2), (3.0, 0.5), (2.0, 0.0)])
+def test_kernel_sampler_matches_brute_force(beta, coupling):
+  fields = np.array([0.3, -0.2, 0.05, -0.4], np.float64)
+  tiled = np.tile(fields, (NUM_SAMPLES, 1))
+  samples = structured.sample_kernel_spins(tiled, coupling, beta,
+                                           _uniforms([NUM_SAMPLES, 5], 1)).numpy()
+  configs, probs = _exact(_kernel_energy(fields, coupling), 4, beta)
+  assert _empirical_tv(samples, configs, probs) < _tv_bound(len(configs), NUM_SAMPLES)
+
+
+def test_kernel_check_has_power():
+  fields = np.array([0.3, -0.2, 0.05, -0.4], np.float64)
+  tiled = np.tile(fields, (NUM_SAMPLES, 1))
+  samples = structured.sample_kernel_spins(tiled, 0.5, 3.0,
+                                           _uniforms([NUM_SAMPLES, 5], 2)).numpy()
+  configs, probs = _exact(_kernel_energy(fields, 0.0), 4, 3.0)  # wrong coupling
+  assert _empirical_tv(samples, configs, probs) > 2 * _tv_bound(len(configs), NUM_SAMPLES)
+
+
+@pytest.mark.parametrize("n_a,beta,coupling", [(2, 1.0, 0.5), (2, 3.0, 1.0), (0, 2.0, 1.0),
+                                               (1, 0.5, 2.0)])
+def test_filter_exact_sampler_matches_brute_force(n_a, beta, coupling):
+  fields = np.array([0.4, -0.3, 0.1, -0.2, 0.25], np.float64)
+  fields_a, fields_b = fields[:n_a], fields[n_a:]
+  a, b = structured.sample_filter_spins(
+      np.tile(fields_a, (NUM_SAMPLES, 1)).reshape(NUM_SAMPLES, n_a),
+      np.tile(fields_b, (NUM_SAMPLES, 1)), coupling, beta, _uniforms([NUM_SAMPLES, 6], 3))
+  samples = np.concatenate([a.numpy(), b.numpy()], axis=1)
+  configs, probs = _exact(_filter_energy(fields_a, fields_b, coupling), 5, beta)
+  assert _empirical_tv(samples, configs, probs) < _tv_bound(len(configs), NUM_SAMPLES)
+
+
+def test_chromatic_sampler_agrees_with_exact_distribution():
+  fields_a, fields_b = np.array([0.4, -0.3]), np.array([0.1, -0.2, 0.25])
+  beta, coupling, sweeps = 1.0, 0.5, 50
+  ones = lambda n: np.ones((NUM_SAMPLES, n))
+  a, b = structured.sample_filter_chromatic(
+      np.tile(fields_a, (NUM_SAMPLES, 1)), np.tile(fields_b, (NUM_SAMPLES, 1)), coupling, beta,
+      tf.random.stateless_uniform([sweeps, NUM_SAMPLES, 5], seed=[4, 0]), ones(2), ones(3))
+  samples = np.concatenate([a.numpy(), b.numpy()], axis=1)
+  configs, probs = _exact(_filter_energy(fields_a, fields_b, coupling), 5, beta)
+  assert _empirical_tv(samples, configs, probs) < _tv_bound(len(configs), NUM_SAMPLES)
+
+
+@pytest.mark.parametrize("size", [3, 5, 7])
+def test_large_kernels_sample_and_large_beta_is_deterministic(size):
+  rng = np.random.RandomState(size)
+  n = size * size
+  fields = rng.randn(64, n) * 0.1
+  for beta in (1.0, 1e6):
+    keep = structured.sample_kernel_spins(fields, 0.01, beta, _uniforms([64, n + 1], 5)).numpy()
+    assert keep.shape == (64, n) and np.isin(keep, [0, 1]).all()
+  # at β = 1e6 the sample is the ground state: for each count k the best configuration keeps
+  # the k most negative b_i, and the best k minimizes −c(M² − n) + Σ b_i s_i
+  np.testing.assert_array_equal(keep, _kernel_ground_state(fields, 0.01))
+
+
+def _kernel_ground_state(fields, coupling):
+  n = fields.shape[1]
+  order = np.argsort(fields, axis=1)
+  result = np.zeros_like(fields, dtype=np.float32)
+  for g, row in enumerate(fields):
+    sorted_b = row[order[g]]
+    energies = [-coupling * ((2 * k - n) ** 2 - n) + sorted_b[:k].sum() - sorted_b[k:].sum()
+                for k in range(n + 1)]
+    best = int(np.argmin(energies))
+    result[g, order[g][:best]] = 1.0
+  return result
+
+
+def test_filter_large_beta_is_finite_and_deterministic():
+  rng = np.random.RandomState(0)
+  fields_a, fields_b = rng.randn(8, 72), rng.randn(8, 72)
+  a, b = structured.sample_filter_spins(fields_a, fields_b, 0.0, 1e6, _uniforms([8, 145], 6))
+  np.testing.assert_array_equal(a.numpy(), (fields_a < 0).astype(np.float32))
+  np.testing.assert_array_equal(b.numpy(), (fields_b < 0).astype(np.float32))
+
+
+def test_samplers_compile_with_xla():
+  fields = np.random.RandomState(1).randn(16, 9)
+  fn = tf.function(structured.sample_kernel_spins, jit_compile=True)
+  keep = fn(fields, tf.constant(0.01), tf.constant(1e4), _uniforms([16, 10], 7))
+  assert np.isin(keep.numpy(), [0, 1]).all()
+  fn = tf.function(structured.sample_filter_spins, jit_compile=True)
+  a, b = fn(fields[:, :4], fields[:, 4:], tf.constant(1.0), tf.constant(0.1),
+            _uniforms([16, 10], 8))
+  assert a.shape == (16, 4) and b.shape == (16, 5)
