@@ -20,6 +20,21 @@ def check_test_mode(test_mode):
   return test_mode
 
 
+LAYOUT_OF = {
+    keras.layers.Dense: "dense",
+    keras.layers.Conv1D: "conv",
+    keras.layers.Conv2D: "conv",
+    keras.layers.DepthwiseConv2D: "depthwise",
+}
+
+
+def make_hamiltonian(hamiltonian, c=None, sampler=None, mcmc_steps=None):
+  """The energy named ``hamiltonian`` with the arguments that were given (None = its default)."""
+  given = {k: v for k, v in (("c", c), ("sampler", sampler), ("mcmc_steps", mcmc_steps))
+           if v is not None}
+  return gibbs_lib.get_hamiltonian(hamiltonian, **given)
+
+
 def check_gibbs_schedule(schedule, argument="schedule"):
   if not isinstance(schedule, GibbsSchedule):
     raise TypeError(f"`{argument}` of Gibbs pruning must be a tf_gibbs.GibbsSchedule (it also "
@@ -43,28 +58,35 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
   Args:
     layer: tf_keras Dense, Conv1D, Conv2D or DepthwiseConv2D.
     pruning_schedule: a :class:`tf_gibbs.GibbsSchedule` (default: ``GibbsSchedule()``).
-    hamiltonian: name of the energy; see ``tf_gibbs.core.gibbs.HAMILTONIANS``.
+    hamiltonian: ``"unstructured"``, ``"kernel"`` (convolutions) or ``"filter"`` (filters of
+      convolutions, output units of Dense layers).
     test_mode: ``"magnitude"`` or ``"sample"``.
+    c: coupling of the kernel (default 0.01) or filter (default 1.0) energy.
+    sampler: filter energy only: ``"exact"`` (default) or ``"chromatic"`` (reference MCMC).
+    mcmc_steps: sweeps of the chromatic sampler (default 50).
     seed: seed of the layer's stateless random stream (mask of step t depends on (seed, t)).
   """
 
   def __init__(self, layer, pruning_schedule=None, hamiltonian="unstructured",
-               test_mode="magnitude", seed=None, **kwargs):
+               test_mode="magnitude", c=None, sampler=None, mcmc_steps=None, seed=None,
+               **kwargs):
     if pruning_schedule is None:
       pruning_schedule = GibbsSchedule()
     check_gibbs_schedule(pruning_schedule, "pruning_schedule")
-    energy = gibbs_lib.get_hamiltonian(hamiltonian)
+    energy = make_hamiltonian(hamiltonian, c=c, sampler=sampler, mcmc_steps=mcmc_steps)
     check_test_mode(test_mode)
     super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
+    self.layout = LAYOUT_OF[type(self.layer)]
+    reason = energy.check_layout(self.layout)
+    if reason is not None:
+      raise ValueError(f"hamiltonian={hamiltonian!r} does not fit layer {self.layer.name} "
+                       f"({type(self.layer).__name__}): {reason}")
     self.hamiltonian = energy.name
     self.test_mode = test_mode
     self._energy = energy
 
   def build_method_variables(self, weight):
-    reason = self._energy.check_shape(weight.shape)
-    if reason is not None:
-      raise ValueError(f"hamiltonian={self.hamiltonian!r} does not fit layer {self.layer.name}: "
-                       f"{reason}")
+    self._view = gibbs_lib.canonical_shape(weight.shape, self.layout)
 
   def beta(self, step=None):
     """Inverse temperature at ``step`` (default: the layer's current step)."""
@@ -73,7 +95,9 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   def _sample(self, weight, step, seed):
     should_prune, sparsity = self.pruning_schedule(step)
-    mask, threshold = self._energy.sample_mask(weight, sparsity, self.beta(step), seed)
+    mask, threshold = self._energy.sample_mask(tf.reshape(weight, self._view), sparsity,
+                                               self.beta(step), seed)
+    mask = tf.reshape(mask, tf.shape(weight))
     return tf.where(should_prune, mask, tf.ones_like(mask)), threshold
 
   def training_weight(self, weight, step):
@@ -87,7 +111,8 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
   def deterministic_mask(self, weight, step):
     """The β → ∞ mask at ``step``: exactly round(p·#groups) groups pruned (ones before begin)."""
     should_prune, sparsity = self.pruning_schedule(step)
-    mask = self._energy.deterministic_mask(weight, sparsity)
+    mask = self._energy.deterministic_mask(tf.reshape(weight, self._view), sparsity)
+    mask = tf.reshape(mask, tf.shape(weight))
     return tf.where(should_prune, mask, tf.ones_like(mask))
 
   def deterministic_weight(self, weight, step):
@@ -114,4 +139,5 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
   def get_config(self):
     config = super().get_config()
     config.update({"hamiltonian": self.hamiltonian, "test_mode": self.test_mode})
+    config.update(self._energy.get_config())
     return config

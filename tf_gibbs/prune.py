@@ -12,7 +12,6 @@ from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import is_graph_model
 from tf_gibbs._keras import keras
-from tf_gibbs.core import gibbs as gibbs_core
 from tf_gibbs.schedule import GibbsSchedule
 
 
@@ -57,12 +56,14 @@ def _check_model(model, argument):
                      "first (`tf_gibbs.strip_pruning`) or wrap the original model.")
 
 
-def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune"):
+def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=None):
   """Wraps the supported layers of ``to_prune`` with ``make_wrapper(layer, index)``.
 
   ``to_prune`` is a Sequential or functional tf_keras model (cloned, like tfmot; unsupported
   layers are kept as they are, and share their weights with the original), one layer, or a list
-  of layers. ``skip`` names layers (or a predicate) to leave dense. Shared by every
+  of layers. ``skip`` names layers (or a predicate) to leave dense. ``fits(layer)`` returns
+  None or the reason why the method cannot prune a supported layer: in a model such layers are
+  left dense with a warning that names them (a single layer raises). Shared by every
   ``prune_*`` function so the methods validate and traverse models the same way.
   """
   check_not_keras3(to_prune, "to_prune")
@@ -80,7 +81,7 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune"):
   if isinstance(to_prune, keras.Model):
     _check_model(to_prune, "to_prune")
     skipped = _skip_predicate(skip, to_prune)
-    wrapped = []
+    wrapped, unfit = [], []
 
     def clone(layer):
       if isinstance(layer, keras.Model):
@@ -88,10 +89,17 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune"):
         return keras.models.clone_model(layer, input_tensors=None, clone_function=clone)
       if wrapper_lib.prunable_weight_name(layer) is None or skipped(layer):
         return layer
+      if fits is not None and fits(layer) is not None:
+        unfit.append(layer.name)
+        return layer
       wrapped.append(layer.name)
       return make_wrapper(layer, len(wrapped) - 1)
 
     model = keras.models.clone_model(to_prune, input_tensors=None, clone_function=clone)
+    if unfit and wrapped:
+      reason = fits(_layer_named(to_prune, unfit[0]))
+      warnings.warn(f"{api_name}: layers {unfit} are left dense: {reason}",
+                    stacklevel=3)
     if not wrapped:
       raise ValueError(
           f"{api_name} found no layer to prune in model {to_prune.name!r}: supported layers are "
@@ -106,12 +114,16 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune"):
       f"of layers; got {type(to_prune).__name__}.")
 
 
+def _layer_named(model, name):
+  return next(layer for layer in _all_layers(model) if layer.name == name)
+
+
 def _layer_seed(seed, index):
   return None if seed is None else (seed + index) % (2**31 - 1)
 
 
 def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="magnitude",
-                skip=None, seed=None):
+                skip=None, seed=None, c=None, sampler=None, mcmc_steps=None):
   """Wraps a model or layers for Gibbs pruning (Labach & Valaee, arXiv 2006.04981).
 
   Each wrapped layer samples a pruning mask x ~ p(x) ∝ exp(−β H(x; w)) at every training step
@@ -130,11 +142,15 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
       DepthwiseConv2D layers are wrapped, others kept), one such layer, or a list of layers.
     schedule: a :class:`tf_gibbs.GibbsSchedule`; default ``GibbsSchedule()`` (p = 0.9,
       β 1 → 1e4 over steps 0–10000).
-    hamiltonian: energy name, one of ``tf_gibbs.core.gibbs.HAMILTONIANS``.
+    hamiltonian: ``"unstructured"`` (weights), ``"kernel"`` (whole conv kernels live or die
+      together; conv layers only) or ``"filter"`` (whole filters / Dense output units).
     test_mode: ``"magnitude"`` (deterministic exact-count mask at inference) or ``"sample"``
       (stochastic inference at the current β, as the reference code's 'gibbs' mode).
     skip: layers to leave dense: a name, a list of names, or ``callable(layer) -> bool``.
     seed: None, or an integer from which each wrapped layer's seed is derived.
+    c: coupling of the kernel (default 0.01) or filter (default 1.0) Hamiltonian.
+    sampler: filter Hamiltonian: ``"exact"`` (default) or ``"chromatic"`` (reference MCMC).
+    mcmc_steps: sweeps of the chromatic sampler (default 50).
 
   Returns:
     The wrapped model, layer or list of layers.
@@ -142,15 +158,20 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
   if schedule is None:
     schedule = GibbsSchedule()
   gibbs_lib.check_gibbs_schedule(schedule)
-  gibbs_core.get_hamiltonian(hamiltonian)
+  gibbs_lib.make_hamiltonian(hamiltonian, c=c, sampler=sampler, mcmc_steps=mcmc_steps)
   gibbs_lib.check_test_mode(test_mode)
   wrapper_lib.check_seed(seed)
 
   def make_wrapper(layer, index):
     return gibbs_lib.GibbsPruning(layer, pruning_schedule=schedule, hamiltonian=hamiltonian,
-                                  test_mode=test_mode, seed=_layer_seed(seed, index))
+                                  test_mode=test_mode, c=c, sampler=sampler,
+                                  mcmc_steps=mcmc_steps, seed=_layer_seed(seed, index))
 
-  return apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_gibbs")
+  def fits(layer):
+    energy = gibbs_lib.make_hamiltonian(hamiltonian, c=c, sampler=sampler, mcmc_steps=mcmc_steps)
+    return energy.check_layout(gibbs_lib.LAYOUT_OF[type(layer)])
+
+  return apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_gibbs", fits=fits)
 
 
 def _stripped_copy(wrapper, pending):

@@ -20,7 +20,8 @@ The step counter is tfmot's: int64, −1 until ``UpdatePruningStep`` sets it to 
 import random
 
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule as tfmot_schedule
+from tensorflow_model_optimization.python.core.sparsity.keras import (
+    pruning_schedule as tfmot_schedule)
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tf_keras.src.mixed_precision import autocast_variable

@@ -14,6 +14,8 @@ weights and the step. That makes resumed runs reproducible and gives every repli
 import tensorflow as tf
 
 from tf_gibbs.core import ranking
+from tf_gibbs.core import structured
+from tf_gibbs.core.xla import nested_xla
 
 
 def unstructured_keep_probability(squared_weights, threshold, beta):
@@ -48,31 +50,68 @@ def sample_unstructured_mask(weights, sparsity, beta, seed):
   keep_probability = unstructured_keep_probability(squared, threshold, beta)
   uniform = tf.random.stateless_uniform(tf.shape(squared), seed=seed, dtype=tf.float32)
   mask = tf.cast(uniform < keep_probability, tf.float32)
-  mask = tf.where(tf.cast(sparsity, tf.float32) > 0.0, mask, tf.ones_like(mask))
-  return mask, threshold
+  return _no_pruning_if_zero(mask, sparsity), threshold
+
+
+LAYOUTS = ("dense", "conv", "depthwise")
+
+
+def canonical_shape(shape, layout):
+  """(n, C, F): the [spatial, input channel, filter] view every Hamiltonian works on.
+
+  dense (in, out) → (1, in, out); conv (k…, C_in, F) → (Πk, C_in, F); depthwise
+  (kh, kw, C, m) → (kh·kw, 1, C·m): each output channel has one kernel over one input channel.
+  All three are plain reshapes of the kernel (same memory order).
+  """
+  shape = [int(d) for d in shape]
+  if layout == "dense":
+    return 1, shape[0], shape[1]
+  if layout == "conv":
+    n = 1
+    for d in shape[:-2]:
+      n *= d
+    return n, shape[-2], shape[-1]
+  if layout == "depthwise":
+    return shape[0] * shape[1], 1, shape[2] * shape[3]
+  raise ValueError(f"Unknown layout={layout!r}; accepted values: {list(LAYOUTS)}.")
+
+
+def _check_coupling(coupling):
+  if isinstance(coupling, bool) or not isinstance(coupling, (int, float)) or not (
+      0.0 <= coupling < float("inf")):
+    raise ValueError(f"`c` (the coupling) must be a finite number >= 0, got {coupling!r}.")
+  return float(coupling)
 
 
 class Hamiltonian:
-  """One Gibbs energy: its exact sampler and its deterministic deployment mask.
+  """One Gibbs energy: its sampler for training and its deterministic deployment mask.
 
-  Subclasses set ``name`` and implement :meth:`sample_mask` and :meth:`deterministic_mask`;
-  :meth:`check_shape` says which weight tensors the energy is defined for.
+  Subclasses set ``name`` and implement :meth:`sample_mask` and :meth:`deterministic_mask` on
+  weights in the canonical [n, C, F] view (:func:`canonical_shape`); :meth:`check_layout` says
+  which layers the energy is defined for; :meth:`get_config` returns the constructor arguments.
   """
 
   name = None
 
-  def check_shape(self, shape):
-    """Returns None if the energy applies to weights of ``shape``, else a reason string."""
-    del shape
+  def check_layout(self, layout):
+    """Returns None if the energy applies to a layer of ``layout``, else a reason string."""
+    del layout
     return None
 
   def sample_mask(self, weights, sparsity, beta, seed):
-    """Returns (mask, threshold): one exact sample of the Gibbs distribution at β."""
+    """Returns (mask, threshold): one sample of the Gibbs distribution at β (shape of weights)."""
     raise NotImplementedError
 
   def deterministic_mask(self, weights, sparsity):
     """Returns the β → ∞ mask with exactly round(p · #groups) groups pruned."""
     raise NotImplementedError
+
+  def get_config(self):
+    return {}
+
+
+def _no_pruning_if_zero(mask, sparsity):
+  return tf.where(tf.cast(sparsity, tf.float32) > 0.0, mask, tf.ones_like(mask))
 
 
 class UnstructuredHamiltonian(Hamiltonian):
@@ -91,16 +130,128 @@ class UnstructuredHamiltonian(Hamiltonian):
     return ranking.exact_count_keep_mask(tf.square(tf.cast(weights, tf.float32)), sparsity)
 
 
+class KernelHamiltonian(Hamiltonian):
+  """Kernel-wise energy (methods.md §1.2), one ferromagnetic system per (input, filter) kernel.
+
+  H_k(s) = −c Σ_{i≠j} s_i s_j + Σ_i (Q_p − w_i²) s_i, Q_p the p-quantile of the kernels' mean
+  w². Sampled exactly for any kernel size (:func:`structured.sample_kernel_spins`). Deployment
+  keeps the top (1 − p) kernels by Σw², exactly round(p·C·F) kernels pruned. Reference values:
+  c = 0.01, β 1 → 1e4.
+  """
+
+  name = "kernel"
+
+  def __init__(self, c=0.01):
+    self.c = _check_coupling(c)
+
+  def check_layout(self, layout):
+    if layout == "dense":
+      return ("the kernel Hamiltonian couples the weights of a convolution kernel; a Dense layer "
+              "has none (use hamiltonian='filter' for its units, or 'unstructured').")
+    return None
+
+  def sample_mask(self, weights, sparsity, beta, seed):
+    n, c_in, filters = weights.shape
+    squared = tf.square(tf.cast(weights, tf.float32))
+    threshold = ranking.quantile(tf.reduce_mean(squared, axis=0), sparsity)
+    fields = tf.reshape(tf.transpose(threshold - squared, [1, 2, 0]), [c_in * filters, n])
+    uniforms = tf.random.stateless_uniform([c_in * filters, n + 1], seed=seed, dtype=tf.float64)
+    keep = _sample_kernels(fields, tf.constant(self.c, tf.float64),
+                           tf.cast(beta, tf.float64), uniforms)
+    mask = tf.transpose(tf.reshape(keep, [c_in, filters, n]), [2, 0, 1])
+    return _no_pruning_if_zero(mask, sparsity), threshold
+
+  def deterministic_mask(self, weights, sparsity):
+    scores = tf.reduce_sum(tf.square(tf.cast(weights, tf.float32)), axis=0)
+    keep = ranking.exact_count_keep_mask(scores, sparsity)
+    return tf.broadcast_to(keep[None], weights.shape)
+
+  def get_config(self):
+    return {"c": self.c}
+
+
+SAMPLERS = ("exact", "chromatic")
+
+
+class FilterHamiltonian(Hamiltonian):
+  """Filter-wise energy (methods.md §1.3), one two-colour system per filter (output unit).
+
+  H_f(s) = ½ Σ_i (Q_p − w_i²) s_i − (c/2) S_A S_B, A = the first ⌊C_in/2⌋ input channels of the
+  filter, B = the rest, Q_p the p-quantile of the filters' mean w². For Dense layers a filter is
+  an output unit and its input units are the channels. ``sampler="exact"`` samples the joint
+  distribution exactly (:func:`structured.sample_filter_spins`); ``"chromatic"`` runs the
+  reference code's ``mcmc_steps`` two-colour sweeps from the deterministic state. Deployment
+  keeps the top (1 − p) filters by Σw², exactly round(p·F) pruned. Reference values: c = 1,
+  β 10^−2.5 → 1.
+  """
+
+  name = "filter"
+
+  def __init__(self, c=1.0, sampler="exact", mcmc_steps=50):
+    self.c = _check_coupling(c)
+    if sampler not in SAMPLERS:
+      raise ValueError(f"Unknown sampler={sampler!r}; accepted values: {list(SAMPLERS)}.")
+    if isinstance(mcmc_steps, bool) or not isinstance(mcmc_steps, int) or mcmc_steps < 1:
+      raise ValueError(f"`mcmc_steps` must be an integer >= 1, got {mcmc_steps!r}.")
+    self.sampler = sampler
+    self.mcmc_steps = int(mcmc_steps)
+
+  def sample_mask(self, weights, sparsity, beta, seed):
+    n, c_in, filters = weights.shape
+    half = c_in // 2
+    squared = tf.square(tf.cast(weights, tf.float32))
+    threshold = ranking.quantile(tf.reduce_mean(squared, axis=[0, 1]), sparsity)
+    fields = tf.transpose(threshold - squared, [2, 0, 1])  # [F, n, C]
+    fields_a = tf.reshape(fields[:, :, :half], [filters, n * half])
+    fields_b = tf.reshape(fields[:, :, half:], [filters, n * (c_in - half)])
+    if self.sampler == "exact":
+      uniforms = tf.random.stateless_uniform([filters, 1 + n * c_in], seed=seed,
+                                             dtype=tf.float64)
+      keep_a, keep_b = _sample_filters(fields_a, fields_b, tf.constant(self.c, tf.float64),
+                                       tf.cast(beta, tf.float64), uniforms)
+    else:
+      start = tf.cast(tf.reduce_mean(squared, axis=[0, 1]) > threshold, tf.float32)[:, None]
+      uniforms = tf.random.stateless_uniform([self.mcmc_steps, filters, n * c_in], seed=seed)
+      keep_a, keep_b = _chromatic(fields_a, fields_b, tf.constant(self.c, tf.float32),
+                                  tf.cast(beta, tf.float32), uniforms,
+                                  tf.broadcast_to(start, fields_a.shape),
+                                  tf.broadcast_to(start, fields_b.shape))
+    keep = tf.concat([tf.reshape(keep_a, [filters, n, half]),
+                      tf.reshape(keep_b, [filters, n, c_in - half])], axis=2)
+    return _no_pruning_if_zero(tf.transpose(keep, [1, 2, 0]), sparsity), threshold
+
+  def deterministic_mask(self, weights, sparsity):
+    scores = tf.reduce_sum(tf.square(tf.cast(weights, tf.float32)), axis=[0, 1])
+    keep = ranking.exact_count_keep_mask(scores, sparsity)
+    return tf.broadcast_to(keep[None, None], weights.shape)
+
+  def get_config(self):
+    return {"c": self.c, "sampler": self.sampler, "mcmc_steps": self.mcmc_steps}
+
+
+_sample_kernels = nested_xla(structured.sample_kernel_spins)
+_sample_filters = nested_xla(structured.sample_filter_spins)
+_chromatic = nested_xla(structured.sample_filter_chromatic)
+
 HAMILTONIANS = {
-    UnstructuredHamiltonian.name: UnstructuredHamiltonian,
+    cls.name: cls for cls in (UnstructuredHamiltonian, KernelHamiltonian, FilterHamiltonian)
 }
 
 
-def get_hamiltonian(name):
-  """Returns a new Hamiltonian by name; ValueError names the accepted values."""
-  if isinstance(name, Hamiltonian):
-    return name
+def get_hamiltonian(name, **kwargs):
+  """A new Hamiltonian by name with its own arguments (``c``, ``sampler``, ``mcmc_steps``).
+
+  Raises ValueError naming the accepted values for an unknown name, and for an argument the
+  named energy does not take (nothing is silently ignored).
+  """
   if not isinstance(name, str) or name not in HAMILTONIANS:
     raise ValueError(
         f"Unknown hamiltonian={name!r}; accepted values: {sorted(HAMILTONIANS)}.")
-  return HAMILTONIANS[name]()
+  cls = HAMILTONIANS[name]
+  accepted = set(cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount]) \
+      if cls.__init__ is not Hamiltonian.__init__ else set()
+  unexpected = sorted(set(kwargs) - accepted)
+  if unexpected:
+    raise ValueError(f"hamiltonian={name!r} takes no argument {unexpected}; it takes "
+                     f"{sorted(accepted) or 'no arguments'}.")
+  return cls(**kwargs)

@@ -9,6 +9,8 @@ import functools
 
 import tensorflow as tf
 
+from tf_gibbs.core.xla import nested_xla
+
 
 def _flat_float32(values):
   return tf.reshape(tf.cast(values, tf.float32), [-1])
@@ -154,31 +156,15 @@ def _exact_count_keep_mask(scores, sparsity):
   return tf.reshape(tf.cast(tf.logical_not(pruned), tf.float32), tf.shape(scores))
 
 
-def _nested_xla_allowed():
-  """Nested XLA clusters are used except inside a multi-replica tf.distribute strategy, where
-  XLA on (logical) CPU devices is not supported by TensorFlow."""
-  return not (tf.distribute.has_strategy() and
-              tf.distribute.get_strategy().num_replicas_in_sync > 1)
-
-
-def _xla_compiled(fn):
-  """Runs ``fn(values, fraction)`` as its own XLA cluster, also inside a non-XLA graph.
-
-  The selection is ~40 small ops; fused by XLA it costs a third of running them one by one on
-  CPU, which matters because it runs for every layer at every training step. The fraction goes
-  in as a float64 tensor (no retracing per value, no float32 rounding of Python numbers).
-  """
-  compiled = tf.function(fn, jit_compile=True, autograph=False)
+def _with_float64_fraction(fn):
+  """The fraction goes in as a float64 tensor: no retracing per value, no float32 rounding."""
 
   @functools.wraps(fn)
   def run(values, fraction):
-    fraction = _as_float64(fraction)
-    if _nested_xla_allowed():
-      return compiled(values, fraction)
-    return fn(values, fraction)
+    return fn(values, _as_float64(fraction))
 
   return run
 
 
-quantile = _xla_compiled(_quantile)
-exact_count_keep_mask = _xla_compiled(_exact_count_keep_mask)
+quantile = _with_float64_fraction(nested_xla(_quantile))
+exact_count_keep_mask = _with_float64_fraction(nested_xla(_exact_count_keep_mask))

@@ -53,6 +53,34 @@ def suffix_log_esp(log_x):
   return tf.stack(rows[::-1], axis=1)
 
 
+def log_count_distribution(log_x):
+  """log P(K = k), k = 0…n, for K = Σ_i Bernoulli(x_i / (1 + x_i)) independent (Poisson-binomial).
+
+  Equals log e_k(x) − Σ_i log(1 + x_i). Computed by the O(n²) recursion in probability space
+  (float64, values in [0, 1], no overflow at any β) inside a ``tf.while_loop``, so large groups
+  (a filter of 3·3·64 weights) do not unroll into thousands of ops.
+
+  Args:
+    log_x: float64 [G, n].
+
+  Returns:
+    float64 [G, n + 1]; −inf where the probability underflows to 0.
+  """
+  n = log_x.shape[-1]
+  p = tf.sigmoid(log_x)
+  groups = tf.shape(log_x)[0]
+  pmf = tf.concat([tf.ones([groups, 1], tf.float64), tf.zeros([groups, n], tf.float64)], axis=1)
+
+  def body(i, pmf):
+    p_i = tf.gather(p, i, axis=1)[:, None]
+    shifted = tf.concat([tf.zeros([groups, 1], tf.float64), pmf[:, :-1]], axis=1)
+    return i + 1, pmf * (1.0 - p_i) + shifted * p_i
+
+  _, pmf = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), pmf),
+                         maximum_iterations=n)
+  return tf.math.log(pmf)
+
+
 def _sample_count(log_weights, uniform):
   """Index k ~ softmax(log_weights) per row, by inverting the CDF with one uniform per row."""
   probs = tf.nn.softmax(log_weights, axis=-1)
@@ -132,7 +160,8 @@ def sample_filter_spins(fields_a, fields_b, coupling, beta, uniforms):
   uniforms = tf.cast(uniforms, tf.float64)
   s_b_values = 2.0 * tf.range(n_b + 1, dtype=tf.float64) - n_b  # S_B for k_B = 0…n_B
   # log p(k_B) = log e_{k_B}(exp(2 h_B)) + Σ_{i∈A} log 2cosh(h_i + (βc/2) S_B)   (+ const)
-  log_weights = suffix_log_esp(2.0 * h_b)[:, 0]
+  # (the Poisson-binomial log-pmf differs from log e_k by a constant in k)
+  log_weights = log_count_distribution(2.0 * h_b)
   if n_a:
     log_weights += tf.reduce_sum(
         _log_2cosh(h_a[:, None, :] + half_bc * s_b_values[None, :, None]), axis=-1)
