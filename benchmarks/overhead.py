@@ -1,13 +1,15 @@
 """Training-step time of Gibbs-pruned ResNet-20 divided by tfmot's prune_low_magnitude.
 
-  python benchmarks/overhead.py [--batch_sizes 128,16] [--steps N] [--xla]
+  python benchmarks/overhead.py [--batch_sizes 128,16] [--steps N] [--xla] [--modes ...]
 
 Both models are the same ResNet-20 (CIFAR-shaped random data), with the same layers wrapped
 (every conv and projection except the stem; not the classifier), trained in one process on the
 same batches with ``train_on_batch``, single steps interleaved; the figure is the ratio of the
 20th percentiles of the step times (the median ratio is printed too; see ``measure``).
 tfmot uses ConstantSparsity(0.9) with its default mask update every 100 steps; Gibbs samples a
-new mask at every step. Target (issue #2): ratio ≤ 1.10 at batch 128 and at batch 16.
+new mask at every step. Targets: unstructured ≤ 1.10 (issue #2), kernel and filter ≤ 1.25
+(issue #3), at batch 128 and at batch 16. Then prints the cost of one mask sample against the
+kernel size (3×3, 5×5, 7×7) for every Hamiltonian.
 """
 
 import argparse
@@ -43,11 +45,31 @@ def tfmot_model(depth):
   return keras.models.clone_model(resnet(depth), clone_function=wrap)
 
 
-def gibbs_model(depth, hamiltonian="unstructured"):
-  schedule = tf_gibbs.GibbsSchedule(0.9, beta_begin=1.0, beta_end=1e4, begin_step=0,
-                                    end_step=10_000)
-  return tf_gibbs.prune_gibbs(resnet(depth), schedule, hamiltonian=hamiltonian,
+def gibbs_model(depth, hamiltonian="unstructured", sampler=None):
+  schedule = tf_gibbs.GibbsSchedule.reference(hamiltonian, begin_step=0, end_step=10_000)
+  return tf_gibbs.prune_gibbs(resnet(depth), schedule, hamiltonian=hamiltonian, sampler=sampler,
                               skip=lambda layer: not _prunable(layer))
+
+
+def sampler_cost(sizes=(3, 5, 7), channels=64, repeats=20):
+  """Milliseconds per training-mask sample of one (k, k, 64, 64) conv kernel, per Hamiltonian."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tf_gibbs.core import gibbs as gibbs_core  # pylint: disable=g-import-not-at-top
+  energies = {"unstructured": gibbs_core.UnstructuredHamiltonian(),
+              "kernel": gibbs_core.KernelHamiltonian(),
+              "filter_exact": gibbs_core.FilterHamiltonian(sampler="exact"),
+              "filter_chromatic": gibbs_core.FilterHamiltonian(sampler="chromatic")}
+  rows = {}
+  for size in sizes:
+    weights = tf.random.normal([size * size, channels, channels], stddev=0.05)
+    for name, energy in energies.items():
+      sample = tf.function(lambda w, e=energy: e.sample_mask(w, 0.9, 100.0, [1, 2])[0])
+      sample(weights)
+      start = time.perf_counter()
+      for _ in range(repeats):
+        sample(weights).numpy()
+      rows[(name, size)] = 1e3 * (time.perf_counter() - start) / repeats
+  return rows
 
 
 def _prepare(model, xla):
@@ -92,14 +114,19 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=0,
                       help="timed steps per model (default: 120 at batch < 64, else 40)")
   parser.add_argument("--depth", type=int, default=20)
-  parser.add_argument("--xla", action="store_true", help="compile both with jit_compile=True")
+  parser.add_argument("--xla", action="store_true", help="compile all with jit_compile=True")
+  parser.add_argument("--modes", default="unstructured,kernel,filter,filter_chromatic",
+                      help="Gibbs Hamiltonians (and filter samplers) to time against tfmot")
+  parser.add_argument("--sampler_sizes", default="3,5,7",
+                      help="kernel sizes for the sampler-cost table ('' to skip it)")
   args = parser.parse_args(argv)
 
   keras.utils.set_random_seed(0)
-  models = {
-      "tfmot": _prepare(tfmot_model(args.depth), args.xla),
-      "gibbs_unstructured": _prepare(gibbs_model(args.depth), args.xla),
-  }
+  models = {"tfmot": _prepare(tfmot_model(args.depth), args.xla)}
+  for name in args.modes.split(","):
+    hamiltonian, _, sampler = name.partition("_")
+    models[f"gibbs_{name}"] = _prepare(gibbs_model(args.depth, hamiltonian, sampler or None),
+                                       args.xla)
   print(f"ResNet-{args.depth}, CIFAR-shaped input, xla={args.xla}; step times of "
         f"{args.steps} interleaved steps per model and batch size")
   print(f"{'method':<22} {'batch':>5} {'p20 ms':>8} {'p20 ratio':>10} {'median ms':>10} "
@@ -112,6 +139,13 @@ def main(argv=None):
       results[(name, batch_size)] = low_ratio
       print(f"{name:<22} {batch_size:>5} {1e3 * low:>8.1f} {low_ratio:>10.3f} {1e3 * mid:>10.1f} "
             f"{mid_ratio:>13.3f}")
+  if args.sampler_sizes:
+    sizes = [int(k) for k in args.sampler_sizes.split(",")]
+    costs = sampler_cost(sizes)
+    print(f"\nsampler cost, ms per mask of a (k, k, 64, 64) kernel (eager call of a tf.function)")
+    print(f"{'hamiltonian':<18}" + "".join(f"{f'{k}x{k}':>9}" for k in sizes))
+    for name in ("unstructured", "kernel", "filter_exact", "filter_chromatic"):
+      print(f"{name:<18}" + "".join(f"{costs[(name, k)]:>9.2f}" for k in sizes))
   return results
 
 

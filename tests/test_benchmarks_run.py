@@ -17,6 +17,6 @@ def test_accuracy_benchmark_runs_and_reaches_the_target_sparsity():
 
 
 def test_overhead_benchmark_runs():
-  results = overhead.main(["--batch_sizes", "4", "--steps", "2"])
+  results = overhead.main(["--batch_sizes", "4", "--steps", "2", "--sampler_sizes", "3"])
   assert results[("tfmot", 4)] == 1.0
   assert results[("gibbs_unstructured", 4)] > 0

@@ -94,3 +94,14 @@ def test_bad_values_raise_value_error_naming_the_argument(kwargs, argument):
 def test_bad_types_raise_type_error_naming_the_argument(kwargs, argument):
   with pytest.raises(TypeError, match=f"`{argument}`"):
     GibbsSchedule(**kwargs)
+
+
+@pytest.mark.parametrize("hamiltonian,begin,end", [("unstructured", 1.0, 1e4),
+                                                   ("kernel", 1.0, 1e4),
+                                                   ("filter", 10**-2.5, 1.0)])
+def test_reference_presets(hamiltonian, begin, end):
+  s = GibbsSchedule.reference(hamiltonian, begin_step=0, end_step=100, target_sparsity=0.8)
+  assert s.target_sparsity == 0.8
+  np.testing.assert_allclose([float(s.beta(0)), float(s.beta(100))], [begin, end], rtol=1e-6)
+  with pytest.raises(ValueError, match="hamiltonian='ising'"):
+    GibbsSchedule.reference("ising", 0, 1)

@@ -72,6 +72,21 @@ class GibbsSchedule(pruning_schedule.PruningSchedule):
         _check_number(initial_sparsity, "initial_sparsity", 0.0, True, 1.0))
     self.power = float(_check_number(power, "power", 0.0, False))
 
+  # The reference recipe's β ramps per Hamiltonian (methods.md §1.4).
+  REFERENCE_BETA = {"unstructured": (1.0, 1e4), "kernel": (1.0, 1e4), "filter": (10**-2.5, 1.0)}
+
+  @classmethod
+  def reference(cls, hamiltonian, begin_step, end_step, target_sparsity=0.9, **kwargs):
+    """The reference recipe's schedule for ``hamiltonian``: β 1 → 1e4 (unstructured, kernel)
+    or 10^−2.5 → 1 (filter), p fixed at ``target_sparsity``. The recipe ramps over 128 of 200
+    epochs: pass ``end_step = 0.64 × total steps`` for the same shape."""
+    if hamiltonian not in cls.REFERENCE_BETA:
+      raise ValueError(f"Unknown hamiltonian={hamiltonian!r}; accepted values: "
+                       f"{sorted(cls.REFERENCE_BETA)}.")
+    beta_begin, beta_end = cls.REFERENCE_BETA[hamiltonian]
+    return cls(target_sparsity, beta_begin=beta_begin, beta_end=beta_end, begin_step=begin_step,
+               end_step=end_step, **kwargs)
+
   def _progress(self, step):
     """t ∈ [0, 1] as float64; exactly 1 at and after end_step."""
     step = tf.cast(step, tf.float64)
