@@ -115,7 +115,7 @@ def main(argv=None):
                       help="timed steps per model (default: 120 at batch < 64, else 40)")
   parser.add_argument("--depth", type=int, default=20)
   parser.add_argument("--xla", action="store_true", help="compile all with jit_compile=True")
-  parser.add_argument("--modes", default="unstructured,kernel,filter,filter_chromatic",
+  parser.add_argument("--modes", default="unstructured,kernel,filter_chromatic,filter_exact",
                       help="Gibbs Hamiltonians (and filter samplers) to time against tfmot")
   parser.add_argument("--sampler_sizes", default="3,5,7",
                       help="kernel sizes for the sampler-cost table ('' to skip it)")
@@ -128,7 +128,7 @@ def main(argv=None):
     models[f"gibbs_{name}"] = _prepare(gibbs_model(args.depth, hamiltonian, sampler or None),
                                        args.xla)
   print(f"ResNet-{args.depth}, CIFAR-shaped input, xla={args.xla}; step times of "
-        f"{args.steps} interleaved steps per model and batch size")
+        f"{args.steps or '120 (batch < 64) / 40'} interleaved steps per model and batch size")
   print(f"{'method':<22} {'batch':>5} {'p20 ms':>8} {'p20 ratio':>10} {'median ms':>10} "
         f"{'median ratio':>13}")
   results = {}

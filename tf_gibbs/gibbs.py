@@ -62,7 +62,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
       convolutions, output units of Dense layers).
     test_mode: ``"magnitude"`` or ``"sample"``.
     c: coupling of the kernel (default 0.01) or filter (default 1.0) energy.
-    sampler: filter energy only: ``"exact"`` (default) or ``"chromatic"`` (reference MCMC).
+    sampler: filter energy only: ``"chromatic"`` (reference MCMC, default) or ``"exact"``.
     mcmc_steps: sweeps of the chromatic sampler (default 50).
     seed: seed of the layer's stateless random stream (mask of step t depends on (seed, t)).
   """

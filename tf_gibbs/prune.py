@@ -149,7 +149,7 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
     skip: layers to leave dense: a name, a list of names, or ``callable(layer) -> bool``.
     seed: None, or an integer from which each wrapped layer's seed is derived.
     c: coupling of the kernel (default 0.01) or filter (default 1.0) Hamiltonian.
-    sampler: filter Hamiltonian: ``"exact"`` (default) or ``"chromatic"`` (reference MCMC).
+    sampler: filter Hamiltonian: ``"chromatic"`` (reference MCMC, default) or ``"exact"``.
     mcmc_steps: sweeps of the chromatic sampler (default 50).
 
   Returns:
