@@ -8,13 +8,18 @@ every method, trained from scratch. tfmot: ``prune_low_magnitude`` with
 ``PolynomialDecay(0 → s)``; Gibbs: ``prune_gibbs`` with a geometric β ramp and, optionally, the
 same cubic sparsity ramp. Both ramps end at ``--ramp_fraction`` of training. Accuracy is that of
 the stripped model on the held-out 20 %, checked to have exactly the target sparsity.
-Prints a table of mean ± std over seeds.
+Structured rows (issue #3, ``--methods gibbs_kernel,gibbs_filter,magnitude_kernel,
+magnitude_filter``): the kernel and filter Hamiltonians with the reference β ramps against
+magnitude pruning of whole kernels / filters (smallest Σw², same sparsity ramp and epochs);
+their sparsity is the fraction of groups, measured over the layers each method prunes (the
+kernel energy leaves Dense layers dense). Prints a table of mean ± std over seeds.
 """
 
 import argparse
 import os
 import sys
 import time
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -22,6 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
 import tf_gibbs  # noqa: E402
+from tf_gibbs import prune as prune_lib  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
@@ -31,11 +37,35 @@ from quickstart import digits_cnn  # noqa: E402  pylint: disable=g-import-not-at
 from quickstart import load_digits  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def measured_sparsity(model):
-  """Fraction of exact zeros over the kernels of the stripped model's Conv2D and Dense layers."""
-  kernels = [l.kernel.numpy() for l in model.layers
-             if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+class MagnitudeGroupPruning(tf_gibbs.GibbsPruning):
+  """Baseline: at every step prune the whole groups (kernels or filters) of smallest Σw², at the
+  schedule's sparsity, deterministically (no sampling, β unused); pruned weights get no gradient
+  and can come back, as with Gibbs. The structured magnitude baseline of issue #3."""
+
+  def training_weight(self, weight, step):
+    mask = self.deterministic_mask(weight, step)
+    self.mask.assign(mask)
+    return weight * mask
+
+
+def measured_sparsity(model, names):
+  """Fraction of exact zeros over the kernels of the layers named ``names``."""
+  kernels = [l.kernel.numpy() for l in model.layers if l.name in names]
   return sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+
+
+def _wrap(model, method, schedule, seed):
+  """Gibbs (``gibbs``, ``gibbs_kernel``, ``gibbs_filter``) or magnitude group pruning."""
+  family, _, hamiltonian = method.partition("_")
+  hamiltonian = hamiltonian or "unstructured"
+  if family == "gibbs":
+    return tf_gibbs.prune_gibbs(model, schedule, hamiltonian=hamiltonian, seed=seed)
+  fits = lambda layer: tf_gibbs.gibbs.make_hamiltonian(hamiltonian).check_layout(
+      tf_gibbs.gibbs.LAYOUT_OF[type(layer)])
+  return prune_lib.apply_wrappers(
+      model, lambda layer, i: MagnitudeGroupPruning(layer, schedule, hamiltonian=hamiltonian,
+                                                    seed=seed + i),
+      api_name=method, fits=fits)
 
 
 def train(method, sparsity, seed, data, args):
@@ -46,33 +76,46 @@ def train(method, sparsity, seed, data, args):
   keras.utils.set_random_seed(seed)
   model = digits_cnn(args.weight_decay)
   callbacks = []
+  pruned_names = {l.name for l in model.layers
+                  if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))}
   if method == "tfmot":
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, sparsity, begin_step=0,
                                                     end_step=ramp_end,
                                                     frequency=args.tfmot_frequency)
     model = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
-  elif method == "gibbs":
+  elif method != "dense":
+    hamiltonian = method.partition("_")[2] or "unstructured"
+    beta_begin, beta_end = ((args.beta_begin, args.beta_end) if hamiltonian == "unstructured"
+                            else tf_gibbs.GibbsSchedule.REFERENCE_BETA[hamiltonian])
     schedule = tf_gibbs.GibbsSchedule(
-        sparsity, beta_begin=args.beta_begin, beta_end=args.beta_end, begin_step=0,
+        sparsity, beta_begin=beta_begin, beta_end=beta_end, begin_step=0,
         end_step=ramp_end, initial_sparsity=0.0 if args.gibbs_sparsity_ramp else None)
-    model = tf_gibbs.prune_gibbs(model, schedule, seed=seed)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # "left dense": Dense layers under the kernel energy
+      model = _wrap(model, method, schedule, seed)
+    pruned_names = {l.layer.name for l in model.layers
+                    if isinstance(l, tf_gibbs.PruningWrapper)}
     callbacks = [tf_gibbs.UpdatePruningStep()]
   compile_model(model)
   model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
             callbacks=callbacks)
   if method == "tfmot":
     model = tfmot.sparsity.keras.strip_pruning(model)
-  elif method == "gibbs":
+  elif method != "dense":
     model = tf_gibbs.strip_pruning(model)
-  return accuracy(model, x_test, y_test), measured_sparsity(model)
+  return accuracy(model, x_test, y_test), measured_sparsity(model, pruned_names)
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sparsities", default="0.9,0.95,0.98,0.99")
   parser.add_argument("--seeds", default="0,1,2,3,4")
-  parser.add_argument("--methods", default="dense,tfmot,gibbs")
+  parser.add_argument("--methods", default="dense,tfmot,gibbs",
+                      help="dense, tfmot, gibbs, gibbs_kernel, gibbs_filter, magnitude_kernel, "
+                      "magnitude_filter")
+  parser.add_argument("--structured_sparsities", default="0.5,0.75,0.9",
+                      help="targets of the kernel / filter rows (fraction of groups)")
   parser.add_argument("--epochs", type=int, default=30)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--ramp_fraction", type=float, default=2 / 3,
@@ -93,18 +136,24 @@ def main(argv=None):
         f"ramps end at {args.ramp_fraction:.2f} of training; Gibbs β {args.beta_begin:g} → "
         f"{args.beta_end:g}, sparsity ramp {bool(args.gibbs_sparsity_ramp)}; tfmot frequency "
         f"{args.tfmot_frequency}")
-  print(f"{'method':<8} {'target':>7} {'measured':>9} {'accuracy mean ± std':>22} {'runs':>5}")
+  print(f"{'method':<18} {'target':>7} {'measured':>9} {'accuracy mean ± std':>22} {'runs':>5}")
   results = {}
   start = time.time()
-  for sparsity in [0.0] + [float(s) for s in args.sparsities.split(",")]:
+  unstructured = [float(s) for s in args.sparsities.split(",")]
+  structured = [float(s) for s in args.structured_sparsities.split(",")]
+  for sparsity in sorted({0.0, *unstructured, *structured}):
     for method in methods:
-      if (method == "dense") != (sparsity == 0.0):
+      is_structured = method.endswith(("_kernel", "_filter"))
+      if method == "dense":
+        if sparsity != 0.0:
+          continue
+      elif sparsity not in (structured if is_structured else unstructured):
         continue
       runs = [train(method, sparsity, seed, data, args) for seed in seeds]
       accs = np.array([a for a, _ in runs])
       measured = float(np.mean([m for _, m in runs]))
       results[(method, sparsity)] = (float(accs.mean()), float(accs.std()), measured)
-      print(f"{method:<8} {sparsity:>7.2f} {measured:>9.4f} "
+      print(f"{method:<18} {sparsity:>7.2f} {measured:>9.4f} "
             f"{100 * accs.mean():>13.2f} ± {100 * accs.std():.2f} %   {len(runs):>3}", flush=True)
   print(f"total {time.time() - start:.0f} s")
   return results

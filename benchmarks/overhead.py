@@ -142,7 +142,7 @@ def main(argv=None):
   if args.sampler_sizes:
     sizes = [int(k) for k in args.sampler_sizes.split(",")]
     costs = sampler_cost(sizes)
-    print(f"\nsampler cost, ms per mask of a (k, k, 64, 64) kernel (eager call of a tf.function)")
+    print("\nsampler cost, ms per mask of a (k, k, 64, 64) kernel (eager call of a tf.function)")
     print(f"{'hamiltonian':<18}" + "".join(f"{f'{k}x{k}':>9}" for k in sizes))
     for name in ("unstructured", "kernel", "filter_exact", "filter_chromatic"):
       print(f"{name:<18}" + "".join(f"{costs[(name, k)]:>9.2f}" for k in sizes))
