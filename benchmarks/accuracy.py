@@ -139,8 +139,8 @@ def main(argv=None):
   print(f"{'method':<18} {'target':>7} {'measured':>9} {'accuracy mean ± std':>22} {'runs':>5}")
   results = {}
   start = time.time()
-  unstructured = [float(s) for s in args.sparsities.split(",")]
-  structured = [float(s) for s in args.structured_sparsities.split(",")]
+  unstructured = [float(s) for s in args.sparsities.split(",") if s]
+  structured = [float(s) for s in args.structured_sparsities.split(",") if s]
   for sparsity in sorted({0.0, *unstructured, *structured}):
     for method in methods:
       is_structured = method.endswith(("_kernel", "_filter"))

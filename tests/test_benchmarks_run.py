@@ -20,3 +20,12 @@ def test_overhead_benchmark_runs():
   results = overhead.main(["--batch_sizes", "4", "--steps", "2", "--sampler_sizes", "3"])
   assert results[("tfmot", 4)] == 1.0
   assert results[("gibbs_unstructured", 4)] > 0
+
+
+def test_accuracy_benchmark_structured_rows_prune_whole_groups():
+  results = accuracy.main(["--epochs", "1", "--seeds", "0", "--sparsities", "",
+                           "--structured_sparsities", "0.5",
+                           "--methods", "gibbs_kernel,magnitude_filter"])
+  assert set(results) == {("gibbs_kernel", 0.5), ("magnitude_filter", 0.5)}
+  for (_, target), (_, _, measured) in results.items():
+    assert abs(measured - target) < 1e-3
