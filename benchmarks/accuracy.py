@@ -12,7 +12,7 @@ Structured rows (issue #3, ``--methods gibbs_kernel,gibbs_filter,magnitude_kerne
 magnitude_filter``): the kernel and filter Hamiltonians with the reference β ramps against
 magnitude pruning of whole kernels / filters (smallest Σw², same sparsity ramp and epochs);
 their sparsity is the fraction of groups, measured over the layers each method prunes (the
-kernel energy leaves Dense layers dense). Prints a table of mean ± std over seeds.
+kernel energy leaves Dense layers dense; both leave the classifier dense). Prints a table of mean ± std over seeds.
 """
 
 import argparse
@@ -58,14 +58,17 @@ def _wrap(model, method, schedule, seed):
   """Gibbs (``gibbs``, ``gibbs_kernel``, ``gibbs_filter``) or magnitude group pruning."""
   family, _, hamiltonian = method.partition("_")
   hamiltonian = hamiltonian or "unstructured"
+  # Structured methods leave the classifier dense (as the reference recipe does): pruning whole
+  # output units of `logits` would delete classes.
+  skip = None if hamiltonian == "unstructured" else ["logits"]
   if family == "gibbs":
-    return tf_gibbs.prune_gibbs(model, schedule, hamiltonian=hamiltonian, seed=seed)
+    return tf_gibbs.prune_gibbs(model, schedule, hamiltonian=hamiltonian, seed=seed, skip=skip)
   fits = lambda layer: tf_gibbs.gibbs.make_hamiltonian(hamiltonian).check_layout(
       tf_gibbs.gibbs.LAYOUT_OF[type(layer)])
   return prune_lib.apply_wrappers(
       model, lambda layer, i: MagnitudeGroupPruning(layer, schedule, hamiltonian=hamiltonian,
                                                     seed=seed + i),
-      api_name=method, fits=fits)
+      skip=skip, api_name=method, fits=fits)
 
 
 def train(method, sparsity, seed, data, args):
