@@ -100,9 +100,6 @@ class _FinalWeightWriter:
   def weight_mask_op(self):
     return self._wrapper.write_final_weight()
 
-  def conditional_mask_update(self):
-    return tf.no_op()
-
 
 class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
   """Base wrapper: step counter, tfmot bookkeeping, effective-weight forward pass.
