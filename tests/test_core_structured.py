@@ -135,3 +135,23 @@ def test_samplers_compile_with_xla():
   a, b = fn(fields[:, :4], fields[:, 4:], tf.constant(1.0), tf.constant(0.1),
             _uniforms([16, 10], 8))
   assert a.shape == (16, 4) and b.shape == (16, 5)
+
+
+@pytest.mark.parametrize("coupling", [0.5, 2.0])
+def test_filter_exact_sampler_at_large_beta_with_coupling_gives_the_ground_state(coupling):
+  """At β = 1e6 the sample is the brute-force ground state, also when the coupling favours a
+  magnetization of B that the fields alone make astronomically improbable (no underflow)."""
+  rng = np.random.RandomState(11)
+  n_a, n_b = 2, 3
+  for _ in range(20):
+    fields = rng.randn(n_a + n_b) * 0.5
+    configs, probs = _exact(_filter_energy(fields[:n_a], fields[n_a:], coupling), 5, 1.0)
+    energies = [_filter_energy(fields[:n_a], fields[n_a:], coupling)(2.0 * np.array(c) - 1.0)
+                for c in configs]
+    order = np.argsort(energies)
+    if energies[order[1]] - energies[order[0]] < 1e-3:
+      continue  # near-degenerate ground state: any of them is right
+    a, b = structured.sample_filter_spins(fields[None, :n_a], fields[None, n_a:], coupling, 1e6,
+                                          _uniforms([1, 6], 9))
+    sample = tuple(np.concatenate([a.numpy()[0], b.numpy()[0]]).astype(int))
+    assert sample == configs[order[0]], (fields, coupling)

@@ -54,8 +54,8 @@ def kth_smallest(values, k):
   """The k-th smallest value (0-based rank k) of ``values``, exactly, without sorting.
 
   Radix select on the order-preserving 32-bit keys of the float32 values: each of three passes
-  histograms one digit of the keys that share the prefix found so far
-  (``unsorted_segment_sum``), and the cumulative counts give the digit holding rank k. Cost
+  histograms one digit of the keys that share the prefix found so far (``DenseBincount``), and
+  the cumulative counts give the digit holding rank k. Cost
   O(n) per pass with static shapes, so it runs under XLA; on CPU it is several times faster
   than ``tf.sort`` (which the reference code's percentile needs).
 

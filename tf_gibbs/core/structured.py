@@ -56,29 +56,36 @@ def suffix_log_esp(log_x):
 def log_count_distribution(log_x):
   """log P(K = k), k = 0…n, for K = Σ_i Bernoulli(x_i / (1 + x_i)) independent (Poisson-binomial).
 
-  Equals log e_k(x) − Σ_i log(1 + x_i). Computed by the O(n²) recursion in probability space
-  (float64, values in [0, 1], no overflow at any β) inside a ``tf.while_loop``, so large groups
-  (a filter of 3·3·64 weights) do not unroll into thousands of ops.
+  Equals log e_k(x) − Σ_i log(1 + x_i). The O(n²) recursion
+  log P_{i+1}(k) = logaddexp(log(1 − p_i) + log P_i(k), log p_i + log P_i(k − 1)) runs in log
+  space (float64), so counts that the fields make astronomically improbable keep their exact
+  log-probability; the coupling of the filter energy can make exactly those counts likely at
+  large β (a probability-space recursion underflows to 0 there). It runs inside a
+  ``tf.while_loop``, so large groups (a filter of 3·3·64 weights) do not unroll into thousands
+  of ops.
 
   Args:
     log_x: float64 [G, n].
 
   Returns:
-    float64 [G, n + 1]; −inf where the probability underflows to 0.
+    float64 [G, n + 1]; ≈ −1e300 for impossible counts.
   """
   n = log_x.shape[-1]
-  p = tf.sigmoid(log_x)
+  log_p = tf.math.log_sigmoid(log_x)
+  log_not_p = tf.math.log_sigmoid(-log_x)
   groups = tf.shape(log_x)[0]
-  pmf = tf.concat([tf.ones([groups, 1], tf.float64), tf.zeros([groups, n], tf.float64)], axis=1)
+  impossible = tf.fill([groups, 1], tf.constant(_NEG, tf.float64))
+  log_pmf = tf.concat([tf.zeros([groups, 1], tf.float64),
+                       tf.fill([groups, n], tf.constant(_NEG, tf.float64))], axis=1)
 
-  def body(i, pmf):
-    p_i = tf.gather(p, i, axis=1)[:, None]
-    shifted = tf.concat([tf.zeros([groups, 1], tf.float64), pmf[:, :-1]], axis=1)
-    return i + 1, pmf * (1.0 - p_i) + shifted * p_i
+  def body(i, log_pmf):
+    shifted = tf.concat([impossible, log_pmf[:, :-1]], axis=1)
+    return i + 1, _logaddexp(tf.gather(log_not_p, i, axis=1)[:, None] + log_pmf,
+                             tf.gather(log_p, i, axis=1)[:, None] + shifted)
 
-  _, pmf = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), pmf),
-                         maximum_iterations=n)
-  return tf.math.log(pmf)
+  _, log_pmf = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), log_pmf),
+                             maximum_iterations=n)
+  return log_pmf
 
 
 def _sample_count(log_weights, uniform):
