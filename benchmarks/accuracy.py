@@ -12,10 +12,12 @@ Structured rows (issue #3, ``--methods gibbs_kernel,gibbs_filter,magnitude_kerne
 magnitude_filter``): the kernel and filter Hamiltonians with the reference β ramps against
 magnitude pruning of whole kernels / filters (smallest Σw², same sparsity ramp and epochs);
 their sparsity is the fraction of groups, measured over the layers each method prunes (the
-kernel energy leaves Dense layers dense; both leave the classifier dense). Prints a table of mean ± std over seeds.
+kernel energy leaves Dense layers dense; both leave the classifier dense). Prints a table of
+mean ± std over seeds.
 """
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -63,8 +65,8 @@ def _wrap(model, method, schedule, seed):
   skip = None if hamiltonian == "unstructured" else ["logits"]
   if family == "gibbs":
     return tf_gibbs.prune_gibbs(model, schedule, hamiltonian=hamiltonian, seed=seed, skip=skip)
-  fits = lambda layer: tf_gibbs.gibbs.make_hamiltonian(hamiltonian).check_layout(
-      tf_gibbs.gibbs.LAYOUT_OF[type(layer)])
+  fits = functools.partial(tf_gibbs.gibbs.layer_misfit,
+                           tf_gibbs.gibbs.make_hamiltonian(hamiltonian))
   return prune_lib.apply_wrappers(
       model, lambda layer, i: MagnitudeGroupPruning(layer, schedule, hamiltonian=hamiltonian,
                                                     seed=seed + i),

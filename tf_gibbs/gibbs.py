@@ -28,6 +28,11 @@ LAYOUT_OF = {
 }
 
 
+def layer_misfit(energy, layer):
+  """None if the Hamiltonian ``energy`` applies to ``layer``, else the reason it does not."""
+  return energy.check_layout(LAYOUT_OF[type(layer)])
+
+
 def make_hamiltonian(hamiltonian, c=None, sampler=None, mcmc_steps=None):
   """The energy named ``hamiltonian`` with the arguments that were given (None = its default)."""
   given = {k: v for k, v in (("c", c), ("sampler", sampler), ("mcmc_steps", mcmc_steps))
@@ -77,7 +82,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     check_test_mode(test_mode)
     super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
     self.layout = LAYOUT_OF[type(self.layer)]
-    reason = energy.check_layout(self.layout)
+    reason = layer_misfit(energy, self.layer)
     if reason is not None:
       raise ValueError(f"hamiltonian={hamiltonian!r} does not fit layer {self.layer.name} "
                        f"({type(self.layer).__name__}): {reason}")
@@ -93,12 +98,17 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     step = self.pruning_step if step is None else step
     return self.pruning_schedule.beta(step)
 
+  @staticmethod
+  def _layer_mask(mask, weight, should_prune):
+    """The energy's [n, C, F] mask back in the kernel's shape; all ones before begin_step."""
+    mask = tf.reshape(mask, tf.shape(weight))
+    return tf.where(should_prune, mask, tf.ones_like(mask))
+
   def _sample(self, weight, step, seed):
     should_prune, sparsity = self.pruning_schedule(step)
     mask, threshold = self._energy.sample_mask(tf.reshape(weight, self._view), sparsity,
                                                self.beta(step), seed)
-    mask = tf.reshape(mask, tf.shape(weight))
-    return tf.where(should_prune, mask, tf.ones_like(mask)), threshold
+    return self._layer_mask(mask, weight, should_prune), threshold
 
   def training_weight(self, weight, step):
     seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
@@ -112,8 +122,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     """The β → ∞ mask at ``step``: exactly round(p·#groups) groups pruned (ones before begin)."""
     should_prune, sparsity = self.pruning_schedule(step)
     mask = self._energy.deterministic_mask(tf.reshape(weight, self._view), sparsity)
-    mask = tf.reshape(mask, tf.shape(weight))
-    return tf.where(should_prune, mask, tf.ones_like(mask))
+    return self._layer_mask(mask, weight, should_prune)
 
   def deterministic_weight(self, weight, step):
     return weight * self.deterministic_mask(weight, step)

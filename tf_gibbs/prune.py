@@ -3,6 +3,7 @@
 Follows tfmot's ``prune_low_magnitude`` / ``strip_pruning`` / ``prune_scope`` conventions.
 """
 
+import functools
 import warnings
 
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
@@ -158,7 +159,7 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
   if schedule is None:
     schedule = GibbsSchedule()
   gibbs_lib.check_gibbs_schedule(schedule)
-  gibbs_lib.make_hamiltonian(hamiltonian, c=c, sampler=sampler, mcmc_steps=mcmc_steps)
+  energy = gibbs_lib.make_hamiltonian(hamiltonian, c=c, sampler=sampler, mcmc_steps=mcmc_steps)
   gibbs_lib.check_test_mode(test_mode)
   wrapper_lib.check_seed(seed)
 
@@ -167,11 +168,8 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
                                   test_mode=test_mode, c=c, sampler=sampler,
                                   mcmc_steps=mcmc_steps, seed=_layer_seed(seed, index))
 
-  def fits(layer):
-    energy = gibbs_lib.make_hamiltonian(hamiltonian, c=c, sampler=sampler, mcmc_steps=mcmc_steps)
-    return energy.check_layout(gibbs_lib.LAYOUT_OF[type(layer)])
-
-  return apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_gibbs", fits=fits)
+  return apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_gibbs",
+                        fits=functools.partial(gibbs_lib.layer_misfit, energy))
 
 
 def _stripped_copy(wrapper, pending):
