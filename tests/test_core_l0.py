@@ -1,0 +1,116 @@
+"""The gate maths of tf_gibbs.core.l0, against closed forms and independent integrals."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import integrate
+from scipy import stats
+
+from tf_gibbs.core import l0
+
+
+def _grad(fn, x):
+  x = tf.constant(x, tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = fn(x)
+  return y.numpy(), tape.gradient(y, x).numpy()
+
+
+def test_deterministic_gate_range_exact_zeros_and_ones():
+  log_alpha = np.linspace(-8, 8, 2001).astype("float32")
+  z = l0.deterministic_gate(log_alpha).numpy()
+  assert z.min() == 0.0 and z.max() == 1.0
+  closed = log_alpha < l0.CLOSED_LOG_ALPHA - 1e-4
+  opened = log_alpha > l0.OPEN_LOG_ALPHA + 1e-4
+  assert (z[closed] == 0.0).all() and (z[opened] == 1.0).all()
+  middle = ~closed & ~opened & (np.abs(log_alpha - l0.CLOSED_LOG_ALPHA) > 1e-4) & (
+      np.abs(log_alpha - l0.OPEN_LOG_ALPHA) > 1e-4)
+  assert ((z[middle] > 0) & (z[middle] < 1)).all()
+  assert np.all(np.diff(z) >= 0)
+  assert l0.CLOSED_LOG_ALPHA == pytest.approx(-math.log(11))
+
+
+def test_deterministic_gate_gradients_inside_and_straight_through_on_the_clip():
+  points = [-5.0, 0.0, 5.0]
+  stretch_slope = [(l0.ZETA - l0.GAMMA) * s * (1 - s) for s in 1 / (1 + np.exp(-np.array(points)))]
+  _, through = _grad(lambda x: l0.deterministic_gate(x), points)
+  np.testing.assert_allclose(through, stretch_slope, rtol=1e-5)
+  _, exact = _grad(lambda x: l0.deterministic_gate(x, straight_through=False), points)
+  np.testing.assert_allclose(exact, [0.0, stretch_slope[1], 0.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("log_alpha", [-2.0, 0.0, 1.5])
+def test_stochastic_gate_matches_its_closed_form_distribution(log_alpha):
+  n = 200_000
+  z = l0.stochastic_gate(tf.fill([n], log_alpha), seed=tf.constant([3, 7])).numpy()
+  assert z.min() == 0.0 and z.max() == 1.0
+  p0 = float(l0.hard_concrete_cdf(0.0, log_alpha))
+  p1 = 1.0 - float(l0.hard_concrete_cdf(1.0 - 1e-12, log_alpha))
+  for observed, expected in ((np.mean(z == 0), p0), (np.mean(z == 1), p1)):
+    bound = 5 * math.sqrt(expected * (1 - expected) / n)  # 5 sigma
+    assert abs(observed - expected) < bound
+  # P(z > 0) is the L0 surrogate.
+  assert float(l0.probability_nonzero(log_alpha)) == pytest.approx(1 - p0, rel=1e-5)
+  # Interior values follow the CDF (Kolmogorov–Smirnov on the continuous part).
+  inner = z[(z > 0) & (z < 1)]
+  cdf = lambda v: ((np.asarray(l0.hard_concrete_cdf(v, log_alpha)) - p0)
+                   / (1 - p0 - p1))
+  assert stats.kstest(inner[:20000], cdf).pvalue > 1e-3
+  # The expected gate: Monte Carlo vs quadrature vs an independent adaptive integral.
+  expected_gate = float(l0.expected_gate(tf.constant(log_alpha)))
+  reference, _ = integrate.quad(
+      lambda v: 1 - float(l0.hard_concrete_cdf(v, log_alpha)), 0, 1, epsabs=1e-10)
+  assert expected_gate == pytest.approx(reference, abs=1e-7)
+  assert abs(z.mean() - expected_gate) < 5 * z.std() / math.sqrt(n)
+
+
+def test_stochastic_gate_is_a_pure_function_of_its_seed():
+  a = l0.stochastic_gate(tf.zeros([50]), tf.constant([1, 2]))
+  b = l0.stochastic_gate(tf.zeros([50]), tf.constant([1, 2]))
+  c = l0.stochastic_gate(tf.zeros([50]), tf.constant([1, 3]))
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_stochastic_gate_has_gradients_to_log_alpha():
+  _, grads = _grad(lambda x: tf.reduce_sum(l0.stochastic_gate(x, tf.constant([0, 1]))),
+                   np.zeros(1000, "float32"))
+  assert (grads > 0).mean() > 0.5 and (grads >= 0).all()
+
+
+def test_scaled_parameter_value_and_unscaled_gradient():
+  value, grad = _grad(lambda x: l0.scaled_parameter(x, 10.0) ** 2, [0.3])
+  assert value[0] == pytest.approx(9.0)
+  assert grad[0] == pytest.approx(2 * 3.0)  # d(r²)/dr at r = 3, not multiplied by 10
+
+
+@pytest.mark.parametrize("granularity,shape", [
+    ("weight", (9, 4, 8)), ("kernel", (1, 4, 8)), ("filter", (1, 1, 8)), ("unit", (1, 1, 8)),
+    ("input_unit", (1, 4, 1))])
+def test_group_shapes(granularity, shape):
+  assert l0.group_shape((9, 4, 8), granularity) == shape
+
+
+def test_granularity_fit_and_unknown_names():
+  assert l0.granularity_misfit("kernel", "conv") is None
+  assert "Dense" in l0.granularity_misfit("kernel", "dense")
+  assert "unit" in l0.granularity_misfit("filter", "dense")
+  assert l0.granularity_misfit("unit", "conv") is not None
+  assert l0.granularity_misfit("filter", "depthwise") is None
+  with pytest.raises(ValueError, match="accepted values"):
+    l0.group_shape((1, 2, 3), "channel")
+
+
+def test_budget_targets_pick_exactly_the_smallest_log_alphas_even_with_ties():
+  log_alpha = tf.constant([[3.0, -1.0, 3.0, 0.5, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]])
+  targets = l0.budget_targets(log_alpha, 0.4).numpy()
+  assert targets.sum() == 4
+  assert targets[0, 1] == 1 and targets[0, 3] == 1
+  assert l0.budget_targets(log_alpha, 0.0).numpy().sum() == 0
+
+
+def test_closed_fraction():
+  assert float(l0.closed_fraction(tf.constant([0.0, 0.0, 0.3, 1.0]))) == 0.5
