@@ -9,7 +9,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_sch
 from tf_gibbs._keras import keras
 
 
-def _check_number(value, argument, low=None, low_inclusive=True, high=None, high_inclusive=False,
+def check_number(value, argument, low=None, low_inclusive=True, high=None, high_inclusive=False,
                   integer=False):
   """Validates a Python number, naming ``argument`` and the accepted range in the error."""
   kinds = numbers.Integral if integer else numbers.Real
@@ -25,6 +25,11 @@ def _check_number(value, argument, low=None, low_inclusive=True, high=None, high
     hi = "inf)" if high is None else str(high) + ("]" if high_inclusive else ")")
     raise ValueError(f"`{argument}` must be in {lo}, {hi}, got {value!r}.")
   return value
+
+
+def _config_repr(schedule):
+  args = ", ".join(f"{k}={v!r}" for k, v in schedule.get_config()["config"].items())
+  return f"{type(schedule).__name__}({args})"
 
 
 @keras.utils.register_keras_serializable(package="tf_gibbs")
@@ -58,19 +63,19 @@ class GibbsSchedule(pruning_schedule.PruningSchedule):
 
   def __init__(self, target_sparsity=0.9, beta_begin=1.0, beta_end=1e4, begin_step=0,
                end_step=10000, initial_sparsity=None, power=3):
-    self.target_sparsity = float(_check_number(target_sparsity, "target_sparsity", 0.0, True, 1.0))
-    self.beta_begin = float(_check_number(beta_begin, "beta_begin", 0.0, False))
-    self.beta_end = float(_check_number(beta_end, "beta_end", 0.0, False))
-    self.begin_step = int(_check_number(begin_step, "begin_step", 0, integer=True))
-    self.end_step = int(_check_number(end_step, "end_step", integer=True))
+    self.target_sparsity = float(check_number(target_sparsity, "target_sparsity", 0.0, True, 1.0))
+    self.beta_begin = float(check_number(beta_begin, "beta_begin", 0.0, False))
+    self.beta_end = float(check_number(beta_end, "beta_end", 0.0, False))
+    self.begin_step = int(check_number(begin_step, "begin_step", 0, integer=True))
+    self.end_step = int(check_number(end_step, "end_step", integer=True))
     if self.end_step < self.begin_step:
       raise ValueError(f"`end_step` must be >= `begin_step` ({self.begin_step}), "
                        f"got {self.end_step}.")
     if initial_sparsity is None:
       initial_sparsity = self.target_sparsity
     self.initial_sparsity = float(
-        _check_number(initial_sparsity, "initial_sparsity", 0.0, True, 1.0))
-    self.power = float(_check_number(power, "power", 0.0, False))
+        check_number(initial_sparsity, "initial_sparsity", 0.0, True, 1.0))
+    self.power = float(check_number(power, "power", 0.0, False))
 
   # The reference recipe's β ramps per Hamiltonian (methods.md §1.4).
   REFERENCE_BETA = {"unstructured": (1.0, 1e4), "kernel": (1.0, 1e4), "filter": (10**-2.5, 1.0)}
@@ -125,6 +130,99 @@ class GibbsSchedule(pruning_schedule.PruningSchedule):
         },
     }
 
-  def __repr__(self):
-    args = ", ".join(f"{k}={v!r}" for k, v in self.get_config()["config"].items())
-    return f"{type(self).__name__}({args})"
+  __repr__ = _config_repr
+
+
+@keras.utils.register_keras_serializable(package="tf_gibbs")
+class L0Schedule(pruning_schedule.PruningSchedule):
+  """Strength of the L0 penalty over training, and the sparsity budget, as a tfmot schedule.
+
+  Penalty strength (before the budget controller's factor):
+
+    λ(step) = l0_strength · clip((step − begin_step) / ramp_steps, 0, 1)   (0 before begin_step;
+              l0_strength from begin_step on when ramp_steps = 0)
+
+  Budget mode (``target_sparsity`` = s, our addition to the L0 method): the sparsity each
+  layer must reach follows tfmot's polynomial ramp,
+  s(step) = s · (1 − (1 − t)^power), t = clip((step − begin_step)/(¾ (end_step − begin_step)),
+  0, 1) — it reaches s three quarters of the way to ``end_step``, so that the gates, which move
+  a bounded distance per step, have the last quarter to settle before they freeze — and each
+  layer multiplies λ by a factor exp(μ) that a controller adapts at every training step,
+  μ ← μ + budget_gain · (s(step) − measured zero fraction) — dual ascent on log λ for the
+  constraint "zero fraction ≥ s(step)", with a multiplicative step so that it needs no knowledge
+  of the loss scale. The gates are trained until ``end_step``; after it they are frozen and the
+  weights fine-tune under the final gates.
+
+  ``__call__(step)`` returns tfmot's ``(should_prune, sparsity)``: step ≥ begin_step, and s(step)
+  (0 without a budget).
+
+  Args:
+    l0_strength: λ, ≥ 0: weight of the model's expected gated density in the loss (the penalty is
+      λ · Σ gated weights that are nonzero / Σ gated weights, so one value suits any model size).
+      In budget mode it is the controller's starting point.
+    target_sparsity: None, or the budget s in [0, 1).
+    begin_step: first step at which the gates act, ≥ 0.
+    end_step: step at which the gates freeze, > begin_step.
+    ramp_steps: steps over which λ ramps up linearly from 0, ≥ 0.
+    power: exponent of the budget ramp, > 0.
+    budget_gain: step size of the controller, > 0.
+  """
+
+  BUDGET_RAMP = 0.75  # fraction of [begin_step, end_step] over which the budget ramps up
+
+  def __init__(self, l0_strength=1.0, target_sparsity=None, begin_step=0, end_step=10000,
+               ramp_steps=0, power=3, budget_gain=0.3):
+    self.l0_strength = float(check_number(l0_strength, "l0_strength", 0.0))
+    if target_sparsity is not None:
+      target_sparsity = float(check_number(target_sparsity, "target_sparsity", 0.0, True, 1.0))
+    self.target_sparsity = target_sparsity
+    self.begin_step = int(check_number(begin_step, "begin_step", 0, integer=True))
+    self.end_step = int(check_number(end_step, "end_step", integer=True))
+    if self.end_step <= self.begin_step:
+      raise ValueError(f"`end_step` must be > `begin_step` ({self.begin_step}), "
+                       f"got {self.end_step}.")
+    self.ramp_steps = int(check_number(ramp_steps, "ramp_steps", 0, integer=True))
+    self.power = float(check_number(power, "power", 0.0, False))
+    self.budget_gain = float(check_number(budget_gain, "budget_gain", 0.0, False))
+
+  @property
+  def has_budget(self):
+    return self.target_sparsity is not None
+
+  def strength(self, step):
+    """λ(step) before the budget factor (float32 scalar tensor)."""
+    step = tf.cast(step, tf.float64)
+    active = tf.cast(step >= float(self.begin_step), tf.float64)
+    if self.ramp_steps:
+      active *= tf.clip_by_value((step - float(self.begin_step)) / float(self.ramp_steps),
+                                 0.0, 1.0)
+    return tf.cast(self.l0_strength * active, tf.float32)
+
+  def sparsity(self, step):
+    """Budget s(step) (float32 scalar tensor; 0 without a budget)."""
+    if not self.has_budget:
+      return tf.constant(0.0, tf.float32)
+    step = tf.cast(step, tf.float64)
+    length = max(self.BUDGET_RAMP * (self.end_step - self.begin_step), 1.0)
+    t = tf.clip_by_value((step - float(self.begin_step)) / length, 0.0, 1.0)
+    return tf.cast(self.target_sparsity * (1.0 - tf.pow(1.0 - t, self.power)), tf.float32)
+
+  def __call__(self, step):
+    should_prune = tf.greater_equal(tf.cast(step, tf.int64), self.begin_step)
+    return should_prune, self.sparsity(step)
+
+  def get_config(self):
+    return {
+        "class_name": self.__class__.__name__,
+        "config": {
+            "l0_strength": self.l0_strength,
+            "target_sparsity": self.target_sparsity,
+            "begin_step": self.begin_step,
+            "end_step": self.end_step,
+            "ramp_steps": self.ramp_steps,
+            "power": self.power,
+            "budget_gain": self.budget_gain,
+        },
+    }
+
+  __repr__ = _config_repr

@@ -81,9 +81,10 @@ def check_seed(seed):
 
 def schedule_custom_objects():
   """Schedules that wrapper configs may name, for ``deserialize_keras_object``."""
-  from tf_gibbs.schedule import GibbsSchedule  # pylint: disable=g-import-not-at-top
+  from tf_gibbs import schedule  # pylint: disable=g-import-not-at-top
   return {
-      "GibbsSchedule": GibbsSchedule,
+      "GibbsSchedule": schedule.GibbsSchedule,
+      "L0Schedule": schedule.L0Schedule,
       "ConstantSparsity": tfmot_schedule.ConstantSparsity,
       "PolynomialDecay": tfmot_schedule.PolynomialDecay,
   }
