@@ -7,10 +7,13 @@ tensorflow-model-optimization, does not work with Keras 3 objects.
 from tf_gibbs import core
 from tf_gibbs.callbacks import UpdatePruningStep
 from tf_gibbs.gibbs import GibbsPruning
+from tf_gibbs.l0 import L0Gates
 from tf_gibbs.prune import prune_gibbs
+from tf_gibbs.prune import prune_l0
 from tf_gibbs.prune import prune_scope
 from tf_gibbs.prune import strip_pruning
 from tf_gibbs.schedule import GibbsSchedule
+from tf_gibbs.schedule import L0Schedule
 from tf_gibbs.wrapper import PruningWrapper
 
 __version__ = "0.1.0"
@@ -18,10 +21,13 @@ __version__ = "0.1.0"
 __all__ = [
     "GibbsPruning",
     "GibbsSchedule",
+    "L0Gates",
+    "L0Schedule",
     "PruningWrapper",
     "UpdatePruningStep",
     "core",
     "prune_gibbs",
+    "prune_l0",
     "prune_scope",
     "strip_pruning",
 ]

@@ -9,11 +9,13 @@ import warnings
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tf_gibbs import gibbs as gibbs_lib
+from tf_gibbs import l0 as l0_lib
 from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import is_graph_model
 from tf_gibbs._keras import keras
 from tf_gibbs.schedule import GibbsSchedule
+from tf_gibbs.schedule import L0Schedule
 
 
 def _skip_predicate(skip, model=None):
@@ -172,6 +174,65 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
                         fits=functools.partial(gibbs_lib.layer_misfit, energy))
 
 
+def prune_l0(to_prune, granularity="weight", mode="deterministic", l0_strength=None,
+             target_sparsity=None, schedule=None, skip=None, seed=None, **gate_kwargs):
+  """Wraps a model or layers with trainable L0 gates (see :class:`tf_gibbs.L0Gates`).
+
+  Every kernel is multiplied by approximately binary gates with exact zeros (DiffPrune-style
+  deterministic gates, or Louizos et al.'s hard-concrete samples); the loss gets
+  λ · (expected fraction of nonzero gated weights in the model). Train with ``model.fit(...,
+  callbacks=[tf_gibbs.UpdatePruningStep()])``, then ``tf_gibbs.strip_pruning``.
+
+  Example::
+
+    pruned = tf_gibbs.prune_l0(model, granularity="filter", target_sparsity=0.9,
+                               schedule=None, skip=["stem", "classifier"])
+
+  Args:
+    to_prune: Sequential or functional tf_keras model (cloned), one layer, or a list of layers.
+    granularity: ``"weight"``, ``"kernel"``, ``"filter"``, ``"unit"`` or ``"input_unit"``
+      (layers the granularity does not fit are left dense with a warning).
+    mode: ``"deterministic"`` or ``"stochastic"``.
+    l0_strength: λ ≥ 0 (default 1.0); shorthand for ``schedule=L0Schedule(l0_strength, ...)``.
+    target_sparsity: None, or a budget in [0, 1): the penalty strength is then adapted so that
+      each layer ends with this fraction of exactly-zero weights; shorthand like l0_strength.
+    schedule: an :class:`tf_gibbs.L0Schedule` (steps, ramps, budget); give either it or the two
+      shorthands.
+    skip: layers to leave dense: a name, a list of names, or ``callable(layer) -> bool``.
+    seed: None, or an integer from which each wrapped layer's seed is derived.
+    **gate_kwargs: ``temperature``, ``gate_lr_multiplier``, ``initial_log_alpha`` of
+      :class:`tf_gibbs.L0Gates`.
+
+  Returns:
+    The wrapped model, layer or list of layers.
+  """
+  if schedule is None:
+    schedule = L0Schedule(1.0 if l0_strength is None else l0_strength,
+                          target_sparsity=target_sparsity)
+  elif l0_strength is not None or target_sparsity is not None:
+    raise ValueError("Give either `schedule` or `l0_strength`/`target_sparsity` (which build "
+                     "an L0Schedule), not both: set them in the L0Schedule.")
+  l0_lib.check_l0_schedule(schedule)
+  l0_lib.check_mode(mode)
+  l0_lib.l0_core.check_granularity(granularity)
+  unknown = sorted(set(gate_kwargs) - set(l0_lib.GATE_ARGUMENTS))
+  if unknown:
+    raise TypeError(f"prune_l0 got unexpected arguments {unknown}; accepted extra arguments: "
+                    f"{list(l0_lib.GATE_ARGUMENTS)}.")
+  wrapper_lib.check_seed(seed)
+  group = l0_lib.PenaltyGroup()
+
+  def make_wrapper(layer, index):
+    wrapper = l0_lib.L0Gates(layer, pruning_schedule=schedule, granularity=granularity,
+                             mode=mode, seed=_layer_seed(seed, index), **gate_kwargs)
+    wrapper.penalty_group = group
+    group.members.append(wrapper)
+    return wrapper
+
+  return apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_l0",
+                        fits=functools.partial(l0_lib.layer_misfit, granularity))
+
+
 def _stripped_copy(wrapper, pending):
   """A fresh inner layer; its weights (the deployable ones) are set once it is built."""
   inner = wrapper.layer
@@ -252,6 +313,7 @@ def prune_scope():
   """
   return keras.utils.custom_object_scope({
       "GibbsPruning": gibbs_lib.GibbsPruning,
+      "L0Gates": l0_lib.L0Gates,
       "PruneLowMagnitude": pruning_wrapper.PruneLowMagnitude,
       **wrapper_lib.schedule_custom_objects(),
   })

@@ -1,0 +1,256 @@
+"""L0 gates (DiffPrune-style, on Louizos et al.'s hard-concrete gates): the Keras wrapper.
+
+The gate transform, its L0 surrogate and its distribution live in :mod:`tf_gibbs.core.l0`; this
+module connects them to a layer, the step counter, the loss and the budget controller.
+"""
+
+import math
+
+import tensorflow as tf
+
+from tf_gibbs import wrapper as wrapper_lib
+from tf_gibbs._keras import keras
+from tf_gibbs.core import gibbs as gibbs_core
+from tf_gibbs.core import l0 as l0_core
+from tf_gibbs.gibbs import LAYOUT_OF
+from tf_gibbs.schedule import L0Schedule
+from tf_gibbs.schedule import check_number
+
+MODES = ("deterministic", "stochastic")
+GATE_ARGUMENTS = ("temperature", "gate_lr_multiplier", "initial_log_alpha")
+_ONLY_FIRST = tf.VariableAggregation.ONLY_FIRST_REPLICA
+
+
+def check_mode(mode):
+  if mode not in MODES:
+    raise ValueError(f"Unknown mode={mode!r}; accepted values: {list(MODES)}.")
+  return mode
+
+
+def check_l0_schedule(schedule, argument="schedule"):
+  if not isinstance(schedule, L0Schedule):
+    raise TypeError(f"`{argument}` of L0 gates must be a tf_gibbs.L0Schedule (it sets the "
+                    f"penalty strength and budget), got {type(schedule).__name__}.")
+  return schedule
+
+
+def layer_misfit(granularity, layer):
+  """None if gates of ``granularity`` apply to ``layer``, else the reason they do not."""
+  return l0_core.granularity_misfit(granularity, LAYOUT_OF[type(layer)])
+
+
+class PenaltyGroup:
+  """The wrappers whose L0 penalties share one normalizer (the weights they gate together).
+
+  Deliberately not a list: Keras tracks a list of layers stored on a layer as sublayers, and the
+  ``.keras`` saver walks every list attribute, so each wrapper would save (and expect to load)
+  the others' variables under its own path.
+  """
+
+  def __init__(self, members=None):
+    self.members = list(members or [])
+
+
+@keras.utils.register_keras_serializable(package="tf_gibbs")
+class L0Gates(wrapper_lib.PruningWrapper):
+  """Multiplies a layer's kernel by trainable, approximately binary gates with exact zeros.
+
+  Effective kernel w ⊙ z, one gate z per weight / kernel / filter / unit (``granularity``), with
+  z = clip((ζ − γ) σ(log α) + γ, 0, 1) in deterministic mode or the hard-concrete sample in
+  stochastic mode (:mod:`tf_gibbs.core.l0`; DiffPrune's own formula is not available, this
+  transform is our documented choice). The loss gets λ · (expected number of nonzero gated
+  weights) / (number of gated weights in the model), through ``add_loss``; λ follows the
+  :class:`tf_gibbs.L0Schedule`, times a controller factor in budget mode.
+
+  log α is stored as θ = log α / ``gate_lr_multiplier`` and used through
+  :func:`tf_gibbs.core.l0.scaled_parameter`, so the gates learn ``gate_lr_multiplier`` times as
+  fast as the weights with any optimizer. Inference and stripping use the deterministic gate.
+  From the schedule's ``end_step`` on the gates are frozen (their last deterministic values are
+  kept in ``mask``) and the weights fine-tune under them; at the next epoch end the callback
+  folds them into the kernel (kernel ← kernel ⊙ z, mask ← 1[z > 0]).
+
+  Args:
+    layer: tf_keras Dense, Conv1D, Conv2D or DepthwiseConv2D.
+    pruning_schedule: a :class:`tf_gibbs.L0Schedule` (default ``L0Schedule()``).
+    granularity: ``"weight"``, ``"kernel"`` (Conv1D/Conv2D kernels), ``"filter"`` (conv output
+      channels), ``"unit"`` (Dense output units) or ``"input_unit"`` (Dense input units).
+    mode: ``"deterministic"`` or ``"stochastic"``.
+    temperature: T of the hard-concrete noise and of the L0 surrogate, > 0 (default 2/3).
+    gate_lr_multiplier: how much faster than the weights the gates learn, > 0 (default 10).
+    initial_log_alpha: starting log α of every gate (default 3.0: z = 1, the model is
+      unchanged when wrapped).
+    penalty_normalizer: number of gated weights the penalty is divided by; None = all the
+      weights gated by the same ``prune_l0`` call (this layer's own when wrapped alone).
+    seed: seed of the stateless noise of stochastic mode (gates of step t depend on (seed, t)).
+  """
+
+  def __init__(self, layer, pruning_schedule=None, granularity="weight", mode="deterministic",
+               temperature=l0_core.TEMPERATURE, gate_lr_multiplier=10.0, initial_log_alpha=3.0,
+               penalty_normalizer=None, seed=None, **kwargs):
+    if pruning_schedule is None:
+      pruning_schedule = L0Schedule()
+    check_l0_schedule(pruning_schedule, "pruning_schedule")
+    check_mode(mode)
+    l0_core.check_granularity(granularity)
+    self.temperature = float(check_number(temperature, "temperature", 0.0, False))
+    self.gate_lr_multiplier = float(
+        check_number(gate_lr_multiplier, "gate_lr_multiplier", 0.0, False))
+    self.initial_log_alpha = float(check_number(initial_log_alpha, "initial_log_alpha"))
+    if penalty_normalizer is not None:
+      penalty_normalizer = int(
+          check_number(penalty_normalizer, "penalty_normalizer", 1, integer=True))
+    self.penalty_normalizer = penalty_normalizer
+    super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
+    reason = layer_misfit(granularity, self.layer)
+    if reason is not None:
+      raise ValueError(f"granularity={granularity!r} does not fit layer {self.layer.name} "
+                       f"({type(self.layer).__name__}): {reason}")
+    self.granularity = granularity
+    self.mode = mode
+    self.layout = LAYOUT_OF[type(self.layer)]
+    # Wrappers that share one penalty normalizer (prune_l0 puts all of its wrappers in one).
+    self.penalty_group = PenaltyGroup([self])
+
+  # Deterministic mode keeps log α within this margin of the clip points: the straight-through
+  # gradient would otherwise let gates drift far beyond them, and a gate far above log 11 takes
+  # hundreds of steps to close when the budget asks for it.
+  LOG_ALPHA_MARGIN = 1.0
+
+  # --- variables --------------------------------------------------------------------------------
+
+  def build_method_variables(self, weight):
+    self._view = gibbs_core.canonical_shape(weight.shape, self.layout)
+    shape = l0_core.group_shape(self._view, self.granularity)
+    self.gate_parameter = self.add_weight(
+        "gate_parameter", shape=shape, dtype=tf.float32, trainable=True,
+        initializer=keras.initializers.Constant(self.initial_log_alpha / self.gate_lr_multiplier),
+        constraint=self._constraint())
+    self.log_penalty_factor = self.add_weight(
+        "log_penalty_factor", shape=[], dtype=tf.float32, initializer="zeros", trainable=False,
+        aggregation=_ONLY_FIRST)
+    self.add_loss(self.penalty)
+
+  def _constraint(self):
+    if self.mode != "deterministic":
+      return None
+    low = (l0_core.CLOSED_LOG_ALPHA - self.LOG_ALPHA_MARGIN) / self.gate_lr_multiplier
+    high = (l0_core.OPEN_LOG_ALPHA + self.LOG_ALPHA_MARGIN) / self.gate_lr_multiplier
+    return lambda value: tf.clip_by_value(value, low, high)
+
+  @property
+  def gated_weights(self):
+    """Number of weights this layer gates (a Python int)."""
+    return math.prod(self._view)
+
+  def normalizer(self):
+    """The number of gated weights the penalty is divided by (a Python int)."""
+    if self.penalty_normalizer is not None:
+      return self.penalty_normalizer
+    members = self.penalty_group.members
+    if all(w.built for w in members):
+      return sum(w.gated_weights for w in members)
+    return self.gated_weights
+
+  @property
+  def log_alpha(self):
+    """log α of every gate, shape broadcastable to the [n, C, F] view (a tensor)."""
+    return l0_core.scaled_parameter(self.gate_parameter, self.gate_lr_multiplier)
+
+  def gates(self, deterministic=True, seed=None):
+    """The gate tensor (group shape): deterministic, or one stochastic sample for ``seed``."""
+    if deterministic:
+      return l0_core.deterministic_gate(self.log_alpha,
+                                        straight_through=self.mode == "deterministic")
+    return l0_core.stochastic_gate(self.log_alpha, seed, self.temperature)
+
+  def _apply(self, weight, gates):
+    return tf.reshape(tf.reshape(weight, self._view) * gates, tf.shape(weight))
+
+  # --- hooks ------------------------------------------------------------------------------------
+
+  def training_weight(self, weight, step):
+    should_prune, target = self.pruning_schedule(step)
+    finished = self.schedule_finished(step)
+    deterministic = self.gates()
+    if self.mode == "deterministic":
+      gates = deterministic
+    else:
+      seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+      gates = self.gates(deterministic=False, seed=seed)
+    updates = []
+    if self.pruning_schedule.has_budget:
+      error = target - l0_core.closed_fraction(deterministic)
+      factor = tf.clip_by_value(
+          self.log_penalty_factor + self.pruning_schedule.budget_gain * error, -20.0, 20.0)
+      active = tf.logical_and(should_prune, tf.logical_not(finished))
+      updates.append(self.log_penalty_factor.assign(
+          tf.where(active, factor, self.log_penalty_factor)))
+    frozen = tf.identity(self.mask)
+    if self.pruning_schedule.has_budget:
+      # At the freeze step the gates the budget targets are closed if the controller has not
+      # closed them all yet (a projection onto the budget; usually a handful of gates).
+      targets = l0_core.budget_targets(self.log_alpha, target)
+      projected = frozen * (1.0 - tf.reshape(tf.broadcast_to(targets, self._view),
+                                             self.mask.shape))
+      frozen = tf.where(tf.equal(step, self.pruning_schedule.end_step), projected, frozen)
+    current = tf.reshape(tf.broadcast_to(tf.stop_gradient(deterministic), self._view),
+                         self.mask.shape)
+    mask = tf.where(finished, frozen, tf.where(should_prune, current, tf.ones(self.mask.shape)))
+    updates.append(self.mask.assign(mask))
+    with tf.control_dependencies(updates):
+      gated = tf.where(finished, weight * mask, self._apply(weight, gates))
+      return tf.where(should_prune, gated, weight)
+
+  def deterministic_weight(self, weight, step):
+    should_prune, _ = self.pruning_schedule(step)
+    gated = tf.where(self.schedule_finished(step), weight * self.mask,
+                     self._apply(weight, l0_core.deterministic_gate(self.log_alpha, straight_through=False)))
+    return tf.where(should_prune, gated, weight)
+
+  def penalty(self):
+    """λ(step) · Σ_gates size · P(z > 0) / normalizer; 0 once the gates are frozen.
+
+    Budget mode: only the open gates among :func:`tf_gibbs.core.l0.budget_targets` (the
+    round(s(step) · n) gates of smallest log α) are penalized, and the gradient is multiplied by
+    the controller's exp(μ).
+    """
+    step = self.pruning_step
+    log_alpha = self.log_alpha
+    nonzero = l0_core.probability_nonzero(log_alpha, self.temperature)
+    strength = self.pruning_schedule.strength(step)
+    factor = tf.constant(1.0)
+    if self.pruning_schedule.has_budget:
+      factor = tf.exp(self.log_penalty_factor)
+      # Only targeted gates that are still open: closed ones need no push (and the penalty
+      # falls to 0 as the budget is met).
+      open_gates = tf.cast(self.gates() > 0.0, tf.float32)
+      nonzero *= l0_core.budget_targets(log_alpha, self.pruning_schedule.sparsity(step))
+      nonzero *= tf.stop_gradient(open_gates)
+    group_size = self.gated_weights // math.prod(self.gate_parameter.shape)
+    penalty = strength * tf.reduce_sum(nonzero) * float(group_size) / float(self.normalizer())
+    # The controller's factor scales the gradient, not the value the loss shows: exp(μ) can
+    # reach e^20, and a Lagrangian term of that size would drown the task loss in the logs.
+    penalty = penalty + (factor - 1.0) * (penalty - tf.stop_gradient(penalty))
+    return tf.where(self.schedule_finished(step), tf.zeros_like(penalty), penalty)
+
+  def write_final_weight(self):
+    """Once the gates are frozen: kernel ← kernel ⊙ z, mask ← 1[z > 0] (idempotent)."""
+    finished = self.schedule_finished()
+    weight = self.read_weight()
+    mask = tf.identity(self.mask)
+    variable = self.prunable_weights[0]
+    return tf.group(
+        variable.assign(tf.cast(tf.where(finished, weight * mask, weight), variable.dtype)),
+        self.mask.assign(tf.where(finished, tf.cast(mask != 0.0, tf.float32), mask)))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "granularity": self.granularity,
+        "mode": self.mode,
+        "temperature": self.temperature,
+        "gate_lr_multiplier": self.gate_lr_multiplier,
+        "initial_log_alpha": self.initial_log_alpha,
+        "penalty_normalizer": self.normalizer() if self.built else self.penalty_normalizer,
+    })
+    return config
