@@ -12,8 +12,12 @@ Structured rows (issue #3, ``--methods gibbs_kernel,gibbs_filter,magnitude_kerne
 magnitude_filter``): the kernel and filter Hamiltonians with the reference β ramps against
 magnitude pruning of whole kernels / filters (smallest Σw², same sparsity ramp and epochs);
 their sparsity is the fraction of groups, measured over the layers each method prunes (the
-kernel energy leaves Dense layers dense; both leave the classifier dense). Prints a table of
-mean ± std over seeds.
+kernel energy leaves Dense layers dense; both leave the classifier dense).
+L0 rows (issue #4, ``--methods tfmot,l0``): ``prune_l0`` in budget mode
+(``target_sparsity=s``, per-weight deterministic gates, the gates freeze at the end of the
+ramp and the weights fine-tune under them), every layer gated, the same epochs; its sparsity is
+*measured* (exact zeros of the stripped kernels), and tfmot runs at the same target.
+Prints a table of mean ± std over seeds.
 """
 
 import argparse
@@ -89,6 +93,11 @@ def train(method, sparsity, seed, data, args):
                                                     frequency=args.tfmot_frequency)
     model = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
+  elif method == "l0":
+    schedule = tf_gibbs.L0Schedule(target_sparsity=sparsity, begin_step=0, end_step=ramp_end)
+    model = tf_gibbs.prune_l0(model, schedule=schedule, seed=seed,
+                              gate_lr_multiplier=args.l0_gate_lr_multiplier)
+    callbacks = [tf_gibbs.UpdatePruningStep()]
   elif method != "dense":
     hamiltonian = method.partition("_")[2] or "unstructured"
     beta_begin, beta_end = ((args.beta_begin, args.beta_end) if hamiltonian == "unstructured"
@@ -118,7 +127,7 @@ def main(argv=None):
   parser.add_argument("--seeds", default="0,1,2,3,4")
   parser.add_argument("--methods", default="dense,tfmot,gibbs",
                       help="dense, tfmot, gibbs, gibbs_kernel, gibbs_filter, magnitude_kernel, "
-                      "magnitude_filter")
+                      "magnitude_filter, l0")
   parser.add_argument("--structured_sparsities", default="0.5,0.75,0.9",
                       help="targets of the kernel / filter rows (fraction of groups)")
   parser.add_argument("--epochs", type=int, default=30)
@@ -132,6 +141,8 @@ def main(argv=None):
   parser.add_argument("--beta_end", type=float, default=1e6)
   parser.add_argument("--gibbs_sparsity_ramp", type=int, default=1,
                       help="1: Gibbs also ramps p from 0 (cubic, like tfmot); 0: p fixed")
+  parser.add_argument("--l0_gate_lr_multiplier", type=float, default=50.0,
+                      help="L0 rows: how much faster than the weights the gates learn")
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   methods = args.methods.split(",")

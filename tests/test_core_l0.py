@@ -104,12 +104,24 @@ def test_granularity_fit_and_unknown_names():
     l0.group_shape((1, 2, 3), "channel")
 
 
-def test_budget_targets_pick_exactly_the_smallest_log_alphas_even_with_ties():
-  log_alpha = tf.constant([[3.0, -1.0, 3.0, 0.5, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]])
-  targets = l0.budget_targets(log_alpha, 0.4).numpy()
+def test_budget_targets_pick_exactly_the_smallest_importances_even_with_ties():
+  importance = tf.constant([[3.0, -1.0, 3.0, 0.5, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]])
+  targets = l0.budget_targets(importance, 0.4).numpy()
   assert targets.sum() == 4
   assert targets[0, 1] == 1 and targets[0, 3] == 1
-  assert l0.budget_targets(log_alpha, 0.0).numpy().sum() == 0
+  assert l0.budget_targets(importance, 0.0).numpy().sum() == 0
+
+
+@pytest.mark.parametrize("granularity,axes", [
+    ("weight", ()), ("kernel", (0,)), ("filter", (0, 1)), ("input_unit", (0, 2))])
+def test_group_importance_is_the_gated_squared_magnitude_of_each_group(granularity, axes):
+  rng = np.random.RandomState(0)
+  weight = rng.randn(9, 4, 6).astype("float32")
+  gates = rng.rand(*l0.group_shape(weight.shape, granularity)).astype("float32")
+  expected = np.sum(np.square(weight * gates), axis=axes, keepdims=True)
+  got = l0.group_importance(tf.constant(weight), tf.constant(gates)).numpy()
+  assert got.shape == gates.shape
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_closed_fraction():

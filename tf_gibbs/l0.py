@@ -76,7 +76,10 @@ class L0Gates(wrapper_lib.PruningWrapper):
       channels), ``"unit"`` (Dense output units) or ``"input_unit"`` (Dense input units).
     mode: ``"deterministic"`` or ``"stochastic"``.
     temperature: T of the hard-concrete noise and of the L0 surrogate, > 0 (default 2/3).
-    gate_lr_multiplier: how much faster than the weights the gates learn, > 0 (default 10).
+    gate_lr_multiplier: how much faster than the weights the gates learn, > 0 (default 50: with
+      Adam at 1e-3 a gate crosses from open, log α = log 11, to closed, −log 11, in about 100
+      steps; at 10 it took ~500 steps, and on the digits CNN the budget then closed 99 % of the
+      gates in a rush late in the ramp: 72 % accuracy against 88 % at 50).
     initial_log_alpha: starting log α of every gate (default 3.0: z = 1, the model is
       unchanged when wrapped).
     penalty_normalizer: number of gated weights the penalty is divided by; None = all the
@@ -85,7 +88,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
   """
 
   def __init__(self, layer, pruning_schedule=None, granularity="weight", mode="deterministic",
-               temperature=l0_core.TEMPERATURE, gate_lr_multiplier=10.0, initial_log_alpha=3.0,
+               temperature=l0_core.TEMPERATURE, gate_lr_multiplier=50.0, initial_log_alpha=3.0,
                penalty_normalizer=None, seed=None, **kwargs):
     if pruning_schedule is None:
       pruning_schedule = L0Schedule()
@@ -163,6 +166,11 @@ class L0Gates(wrapper_lib.PruningWrapper):
                                         straight_through=self.mode == "deterministic")
     return l0_core.stochastic_gate(self.log_alpha, seed, self.temperature)
 
+  def _budget_targets(self, weight, gates, sparsity):
+    """The round(s·#gates) gates of smallest gated magnitude (:func:`l0_core.budget_targets`)."""
+    importance = l0_core.group_importance(tf.reshape(weight, self._view), gates)
+    return l0_core.budget_targets(importance, sparsity)
+
   def _apply(self, weight, gates):
     return tf.reshape(tf.reshape(weight, self._view) * gates, tf.shape(weight))
 
@@ -188,11 +196,14 @@ class L0Gates(wrapper_lib.PruningWrapper):
     frozen = tf.identity(self.mask)
     if self.pruning_schedule.has_budget:
       # At the freeze step the gates the budget targets are closed if the controller has not
-      # closed them all yet (a projection onto the budget; usually a handful of gates).
-      targets = l0_core.budget_targets(self.log_alpha, target)
-      projected = frozen * (1.0 - tf.reshape(tf.broadcast_to(targets, self._view),
-                                             self.mask.shape))
-      frozen = tf.where(tf.equal(step, self.pruning_schedule.end_step), projected, frozen)
+      # closed them all yet (a projection onto the budget; usually a handful of gates). Under
+      # tf.cond: the ranking is needed at that one step only.
+      def project():
+        targets = self._budget_targets(weight, tf.stop_gradient(deterministic), target)
+        return frozen * (1.0 - tf.reshape(tf.broadcast_to(targets, self._view),
+                                          self.mask.shape))
+      frozen = tf.cond(tf.equal(step, self.pruning_schedule.end_step), project,
+                       lambda: frozen)
     current = tf.reshape(tf.broadcast_to(tf.stop_gradient(deterministic), self._view),
                          self.mask.shape)
     mask = tf.where(finished, frozen, tf.where(should_prune, current, tf.ones(self.mask.shape)))
@@ -203,15 +214,15 @@ class L0Gates(wrapper_lib.PruningWrapper):
 
   def deterministic_weight(self, weight, step):
     should_prune, _ = self.pruning_schedule(step)
-    gated = tf.where(self.schedule_finished(step), weight * self.mask,
-                     self._apply(weight, l0_core.deterministic_gate(self.log_alpha, straight_through=False)))
+    gates = l0_core.deterministic_gate(self.log_alpha, straight_through=False)
+    gated = tf.where(self.schedule_finished(step), weight * self.mask, self._apply(weight, gates))
     return tf.where(should_prune, gated, weight)
 
   def penalty(self):
     """λ(step) · Σ_gates size · P(z > 0) / normalizer; 0 once the gates are frozen.
 
     Budget mode: only the open gates among :func:`tf_gibbs.core.l0.budget_targets` (the
-    round(s(step) · n) gates of smallest log α) are penalized, and the gradient is multiplied by
+    round(s(step) · n) gates of smallest gated magnitude) are penalized, and the gradient is multiplied by
     the controller's exp(μ).
     """
     step = self.pruning_step
@@ -223,9 +234,10 @@ class L0Gates(wrapper_lib.PruningWrapper):
       factor = tf.exp(self.log_penalty_factor)
       # Only targeted gates that are still open: closed ones need no push (and the penalty
       # falls to 0 as the budget is met).
-      open_gates = tf.cast(self.gates() > 0.0, tf.float32)
-      nonzero *= l0_core.budget_targets(log_alpha, self.pruning_schedule.sparsity(step))
-      nonzero *= tf.stop_gradient(open_gates)
+      gates = tf.stop_gradient(self.gates())
+      nonzero *= tf.cast(gates > 0.0, tf.float32)
+      nonzero *= self._budget_targets(self.read_weight(), gates,
+                                      self.pruning_schedule.sparsity(step))
     group_size = self.gated_weights // math.prod(self.gate_parameter.shape)
     penalty = strength * tf.reduce_sum(nonzero) * float(group_size) / float(self.normalizer())
     # The controller's factor scales the gradient, not the value the loss shows: exp(μ) can

@@ -161,14 +161,33 @@ def closed_fraction(gates):
   return tf.reduce_mean(tf.cast(tf.equal(gates, 0.0), tf.float32))
 
 
-def budget_targets(log_alpha, sparsity):
-  """1 for the round(s·n) gates with the smallest log α (ties by position), else 0.
+def group_importance(weight_view, gates):
+  """Σ (w ⊙ z)² over each gate's group: the gated magnitude that closing that gate removes.
+
+  ``weight_view`` is the kernel in the [n, C, F] view, ``gates`` has the group shape
+  (:func:`group_shape`); the result has the group shape too. No gradient.
+  """
+  gated = tf.stop_gradient(weight_view * gates)
+  axes = [i for i, size in enumerate(gates.shape) if size == 1 and weight_view.shape[i] != 1]
+  squared = tf.square(gated)
+  return tf.reduce_sum(squared, axis=axes, keepdims=True) if axes else squared
+
+
+def budget_targets(importance, sparsity):
+  """1 for the round(s·n) gates of smallest ``importance`` (ties by position), else 0.
 
   Budget mode penalizes only these gates (a *targeted* L0 penalty, our addition): the gates the
   budget asks to close are pushed towards 0 while the others are left to the task loss. With a
   penalty on every gate, raising its strength until the zero fraction reaches s overshoots —
   gates close with a lag of hundreds of steps, every gate is pushed at once, and many close
-  together — as we measured on the digits CNN (a 0.5 budget ended at 0.88, 0.9 at 1.0). The set
-  is re-ranked at every step, so the task loss decides which gates are in it.
+  together — as we measured on the digits CNN (a 0.5 budget ended at 0.88, 0.9 at 1.0).
+
+  The wrapper ranks by :func:`group_importance` (the gated magnitude Σ (w z)² of each group),
+  re-ranked at every step, so the set follows training. Our choice, measured on the digits CNN
+  at a 0.99 budget (one seed, the same settings otherwise): ranking by log α instead picks
+  gates by position while all log α are still equal at their initial value — random pruning,
+  42 % test accuracy against 72 % when ranked by gated magnitude.
+  A gate that closes has importance 0 and stays in the set (no churn); the task gradient can
+  still reopen it, since the clip passes a straight-through gradient.
   """
-  return 1.0 - ranking.exact_count_keep_mask(tf.stop_gradient(log_alpha), sparsity)
+  return 1.0 - ranking.exact_count_keep_mask(tf.stop_gradient(importance), sparsity)
