@@ -7,8 +7,10 @@ Both models are the same ResNet-20 (CIFAR-shaped random data), with the same lay
 same batches with ``train_on_batch``, single steps interleaved; the figure is the ratio of the
 20th percentiles of the step times (the median ratio is printed too; see ``measure``).
 tfmot uses ConstantSparsity(0.9) with its default mask update every 100 steps; Gibbs samples a
-new mask at every step. Targets: unstructured ≤ 1.10 (issue #2), kernel and filter ≤ 1.25
-(issue #3), at batch 128 and at batch 16. Then prints the cost of one mask sample against the
+new mask at every step. L0 gates (modes ``l0`` = per weight, ``l0_filter``, ...): deterministic
+gates in budget mode (target 0.9), the most expensive L0 configuration (penalty, controller and
+the budget's ranking at every step). Targets: Gibbs unstructured ≤ 1.10 (issue #2), kernel and
+filter ≤ 1.25 (issue #3), L0 ≤ 1.15 (issue #4), at batch 128 and at batch 16. Then prints the cost of one mask sample against the
 kernel size (3×3, 5×5, 7×7) for every Hamiltonian.
 """
 
@@ -49,6 +51,20 @@ def gibbs_model(depth, hamiltonian="unstructured", sampler=None):
   schedule = tf_gibbs.GibbsSchedule.reference(hamiltonian, begin_step=0, end_step=10_000)
   return tf_gibbs.prune_gibbs(resnet(depth), schedule, hamiltonian=hamiltonian, sampler=sampler,
                               skip=lambda layer: not _prunable(layer))
+
+
+def l0_model(depth, granularity="weight", mode="deterministic"):
+  schedule = tf_gibbs.L0Schedule(target_sparsity=0.9, begin_step=0, end_step=10_000)
+  return tf_gibbs.prune_l0(resnet(depth), granularity=granularity, mode=mode, schedule=schedule,
+                           skip=lambda layer: not _prunable(layer))
+
+
+def make_model(name, depth):
+  """``unstructured``, ``kernel``, ``filter_chromatic``, ... (Gibbs) or ``l0[_granularity]``."""
+  family, _, option = name.partition("_")
+  if family == "l0":
+    return l0_model(depth, option or "weight")
+  return gibbs_model(depth, family, option or None)
 
 
 def sampler_cost(sizes=(3, 5, 7), channels=64, repeats=20):
@@ -115,8 +131,10 @@ def main(argv=None):
                       help="timed steps per model (default: 120 at batch < 64, else 40)")
   parser.add_argument("--depth", type=int, default=20)
   parser.add_argument("--xla", action="store_true", help="compile all with jit_compile=True")
-  parser.add_argument("--modes", default="unstructured,kernel,filter_chromatic,filter_exact",
-                      help="Gibbs Hamiltonians (and filter samplers) to time against tfmot")
+  parser.add_argument("--modes",
+                      default="unstructured,kernel,filter_chromatic,filter_exact,l0,l0_filter",
+                      help="Gibbs Hamiltonians (and filter samplers), and L0 gates "
+                      "(l0_<granularity>), to time against tfmot")
   parser.add_argument("--sampler_sizes", default="3,5,7",
                       help="kernel sizes for the sampler-cost table ('' to skip it)")
   args = parser.parse_args(argv)
@@ -124,9 +142,8 @@ def main(argv=None):
   keras.utils.set_random_seed(0)
   models = {"tfmot": _prepare(tfmot_model(args.depth), args.xla)}
   for name in args.modes.split(","):
-    hamiltonian, _, sampler = name.partition("_")
-    models[f"gibbs_{name}"] = _prepare(gibbs_model(args.depth, hamiltonian, sampler or None),
-                                       args.xla)
+    label = name if name.startswith("l0") else f"gibbs_{name}"
+    models[label] = _prepare(make_model(name, args.depth), args.xla)
   print(f"ResNet-{args.depth}, CIFAR-shaped input, xla={args.xla}; step times of "
         f"{args.steps or '120 (batch < 64) / 40'} interleaved steps per model and batch size")
   print(f"{'method':<22} {'batch':>5} {'p20 ms':>8} {'p20 ratio':>10} {'median ms':>10} "

@@ -9,17 +9,20 @@ import overhead  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def test_accuracy_benchmark_runs_and_reaches_the_target_sparsity():
-  results = accuracy.main(["--epochs", "1", "--seeds", "0", "--sparsities", "0.9"])
-  assert set(results) == {("dense", 0.0), ("tfmot", 0.9), ("gibbs", 0.9)}
+  results = accuracy.main(["--epochs", "1", "--seeds", "0", "--sparsities", "0.9",
+                           "--methods", "dense,tfmot,gibbs,l0"])
+  assert set(results) == {("dense", 0.0), ("tfmot", 0.9), ("gibbs", 0.9), ("l0", 0.9)}
   for (method, target), (acc, _, measured) in results.items():
     assert 0.0 <= acc <= 1.0
     assert abs(measured - target) < 1e-3, (method, measured)
 
 
 def test_overhead_benchmark_runs():
-  results = overhead.main(["--batch_sizes", "4", "--steps", "2", "--sampler_sizes", "3"])
+  results = overhead.main(["--batch_sizes", "4", "--steps", "2", "--sampler_sizes", "3",
+                           "--modes", "unstructured,filter_chromatic,l0,l0_filter"])
   assert results[("tfmot", 4)] == 1.0
   assert results[("gibbs_unstructured", 4)] > 0
+  assert results[("l0", 4)] > 0 and results[("l0_filter", 4)] > 0
 
 
 def test_accuracy_benchmark_structured_rows_prune_whole_groups():
