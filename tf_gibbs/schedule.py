@@ -27,13 +27,30 @@ def check_number(value, argument, low=None, low_inclusive=True, high=None, high_
   return value
 
 
-def _config_repr(schedule):
-  args = ", ".join(f"{k}={v!r}" for k, v in schedule.get_config()["config"].items())
-  return f"{type(schedule).__name__}({args})"
+class _StepSchedule(pruning_schedule.PruningSchedule):
+  """What tf_gibbs' schedules share: tfmot's ``(should_prune, sparsity)`` call from
+  ``begin_step`` on, a config made of the attributes named in ``CONFIG_KEYS``, and a repr."""
+
+  CONFIG_KEYS = ()
+
+  def sparsity(self, step):
+    raise NotImplementedError
+
+  def __call__(self, step):
+    should_prune = tf.greater_equal(tf.cast(step, tf.int64), self.begin_step)
+    return should_prune, self.sparsity(step)
+
+  def get_config(self):
+    return {"class_name": self.__class__.__name__,
+            "config": {key: getattr(self, key) for key in self.CONFIG_KEYS}}
+
+  def __repr__(self):
+    args = ", ".join(f"{k}={v!r}" for k, v in self.get_config()["config"].items())
+    return f"{type(self).__name__}({args})"
 
 
 @keras.utils.register_keras_serializable(package="tf_gibbs")
-class GibbsSchedule(pruning_schedule.PruningSchedule):
+class GibbsSchedule(_StepSchedule):
   """Sparsity and inverse temperature β for Gibbs pruning, as a tfmot ``PruningSchedule``.
 
   With t = clip((step − begin_step) / (end_step − begin_step), 0, 1):
@@ -112,29 +129,12 @@ class GibbsSchedule(pruning_schedule.PruningSchedule):
     value = self.target_sparsity + (self.initial_sparsity - self.target_sparsity) * ramp
     return tf.cast(value, tf.float32)
 
-  def __call__(self, step):
-    should_prune = tf.greater_equal(tf.cast(step, tf.int64), self.begin_step)
-    return should_prune, self.sparsity(step)
-
-  def get_config(self):
-    return {
-        "class_name": self.__class__.__name__,
-        "config": {
-            "target_sparsity": self.target_sparsity,
-            "beta_begin": self.beta_begin,
-            "beta_end": self.beta_end,
-            "begin_step": self.begin_step,
-            "end_step": self.end_step,
-            "initial_sparsity": self.initial_sparsity,
-            "power": self.power,
-        },
-    }
-
-  __repr__ = _config_repr
+  CONFIG_KEYS = ("target_sparsity", "beta_begin", "beta_end", "begin_step", "end_step",
+                 "initial_sparsity", "power")
 
 
 @keras.utils.register_keras_serializable(package="tf_gibbs")
-class L0Schedule(pruning_schedule.PruningSchedule):
+class L0Schedule(_StepSchedule):
   """Strength of the L0 penalty over training, and the sparsity budget, as a tfmot schedule.
 
   Penalty strength (before the budget controller's factor):
@@ -207,22 +207,5 @@ class L0Schedule(pruning_schedule.PruningSchedule):
     t = tf.clip_by_value((step - float(self.begin_step)) / length, 0.0, 1.0)
     return tf.cast(self.target_sparsity * (1.0 - tf.pow(1.0 - t, self.power)), tf.float32)
 
-  def __call__(self, step):
-    should_prune = tf.greater_equal(tf.cast(step, tf.int64), self.begin_step)
-    return should_prune, self.sparsity(step)
-
-  def get_config(self):
-    return {
-        "class_name": self.__class__.__name__,
-        "config": {
-            "l0_strength": self.l0_strength,
-            "target_sparsity": self.target_sparsity,
-            "begin_step": self.begin_step,
-            "end_step": self.end_step,
-            "ramp_steps": self.ramp_steps,
-            "power": self.power,
-            "budget_gain": self.budget_gain,
-        },
-    }
-
-  __repr__ = _config_repr
+  CONFIG_KEYS = ("l0_strength", "target_sparsity", "begin_step", "end_step", "ramp_steps",
+                 "power", "budget_gain")
