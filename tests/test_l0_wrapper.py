@@ -223,6 +223,35 @@ def test_strength_ramp_and_budget_ramp():
   assert float(schedule.sparsity(25)) == pytest.approx(0.6 * (1 - 0.5**3))
   restored = tf_gibbs.L0Schedule.from_config(schedule.get_config()["config"])
   assert restored.get_config() == schedule.get_config()
+  # The budget's target set is re-ranked every `frequency` steps from begin_step and at end_step.
+  reranked = [step for step in range(60) if bool(schedule.rerank(step))]
+  assert reranked == [10, 20, 30, 40, 50]
+  assert [s for s in range(60) if bool(tf_gibbs.L0Schedule(begin_step=3, end_step=18,
+                                                            frequency=4).rerank(s))] == [
+                                                                3, 7, 11, 15, 18]
+
+
+def test_budget_target_set_is_the_smallest_gated_magnitudes_and_refreshes_on_schedule():
+  schedule = tf_gibbs.L0Schedule(target_sparsity=0.5, end_step=8, frequency=3, power=1)
+  wrapper = tf_gibbs.L0Gates(keras.layers.Dense(4), pruning_schedule=schedule,
+                             initial_log_alpha=5.0, seed=0)
+  x = tf.random.stateless_normal([3, 6], seed=[4, 2])
+  wrapper(x)
+  wrapper.pruning_step.assign(0)
+  history = []
+  for _ in range(4):  # steps 1..4: ranked at 3 only (and at begin_step 0, never run)
+    kernel = wrapper.layer.kernel.numpy()
+    wrapper(x, training=True)
+    history.append((int(wrapper.pruning_step), wrapper.budget_targets.numpy().copy(), kernel))
+  assert history[0][1].sum() == 0 and history[1][1].sum() == 0  # nothing ranked yet
+  step, targets, kernel = history[2]
+  assert step == 3
+  count = round(float(schedule.sparsity(3)) * kernel.size)
+  assert targets.sum() == count > 0
+  # All gates are open and equal (z = 1), so the set is the smallest |w|.
+  order = np.argsort(np.abs(kernel).reshape(-1), kind="stable")
+  np.testing.assert_array_equal(np.flatnonzero(targets.reshape(-1)), np.sort(order[:count]))
+  np.testing.assert_array_equal(history[3][1], targets)  # kept until the next ranking
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -250,3 +279,5 @@ def test_granularity_that_does_not_fit_a_single_layer():
     tf_gibbs.L0Gates(keras.layers.Dense(3), granularity="filter")
   with pytest.raises(ValueError, match="`end_step` must be >"):
     tf_gibbs.L0Schedule(begin_step=5, end_step=5)
+  with pytest.raises(ValueError, match="frequency"):
+    tf_gibbs.L0Schedule(frequency=0)

@@ -131,6 +131,12 @@ class L0Gates(wrapper_lib.PruningWrapper):
     self.log_penalty_factor = self.add_weight(
         "log_penalty_factor", shape=[], dtype=tf.float32, initializer="zeros", trainable=False,
         aggregation=_ONLY_FIRST)
+    if self.pruning_schedule.has_budget:
+      # 1 for the gates the budget pushes towards 0 (see _budget_targets), re-ranked every
+      # schedule.frequency steps.
+      self.budget_targets = self.add_weight(
+          "budget_targets", shape=shape, dtype=tf.float32, initializer="zeros",
+          trainable=False, aggregation=_ONLY_FIRST)
     self.add_loss(self.penalty)
 
   def _constraint(self):
@@ -186,6 +192,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
       seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
       gates = self.gates(deterministic=False, seed=seed)
     updates = []
+    frozen = tf.identity(self.mask)
     if self.pruning_schedule.has_budget:
       error = target - l0_core.closed_fraction(deterministic)
       factor = tf.clip_by_value(
@@ -193,17 +200,16 @@ class L0Gates(wrapper_lib.PruningWrapper):
       active = tf.logical_and(should_prune, tf.logical_not(finished))
       updates.append(self.log_penalty_factor.assign(
           tf.where(active, factor, self.log_penalty_factor)))
-    frozen = tf.identity(self.mask)
-    if self.pruning_schedule.has_budget:
+      targets = tf.cond(
+          self.pruning_schedule.rerank(step),
+          lambda: self._budget_targets(weight, tf.stop_gradient(deterministic), target),
+          lambda: tf.identity(self.budget_targets))
+      updates.append(self.budget_targets.assign(targets))
       # At the freeze step the gates the budget targets are closed if the controller has not
-      # closed them all yet (a projection onto the budget; usually a handful of gates). Under
-      # tf.cond: the ranking is needed at that one step only.
-      def project():
-        targets = self._budget_targets(weight, tf.stop_gradient(deterministic), target)
-        return frozen * (1.0 - tf.reshape(tf.broadcast_to(targets, self._view),
-                                          self.mask.shape))
-      frozen = tf.cond(tf.equal(step, self.pruning_schedule.end_step), project,
-                       lambda: frozen)
+      # closed them all yet (a projection onto the budget; usually a handful of gates).
+      projected = frozen * (1.0 - tf.reshape(tf.broadcast_to(targets, self._view),
+                                             self.mask.shape))
+      frozen = tf.where(tf.equal(step, self.pruning_schedule.end_step), projected, frozen)
     current = tf.reshape(tf.broadcast_to(tf.stop_gradient(deterministic), self._view),
                          self.mask.shape)
     mask = tf.where(finished, frozen, tf.where(should_prune, current, tf.ones(self.mask.shape)))
@@ -221,8 +227,9 @@ class L0Gates(wrapper_lib.PruningWrapper):
   def penalty(self):
     """λ(step) · Σ_gates size · P(z > 0) / normalizer; 0 once the gates are frozen.
 
-    Budget mode: only the open gates among :func:`tf_gibbs.core.l0.budget_targets` (the
-    round(s(step) · n) gates of smallest gated magnitude) are penalized, and the gradient is multiplied by
+    Budget mode: only the open gates among ``budget_targets`` (the round(s · n) gates of
+    smallest gated magnitude, :func:`tf_gibbs.core.l0.budget_targets`, ranked by the training
+    step every ``schedule.frequency`` steps) are penalized, and the gradient is multiplied by
     the controller's exp(μ).
     """
     step = self.pruning_step
@@ -234,10 +241,8 @@ class L0Gates(wrapper_lib.PruningWrapper):
       factor = tf.exp(self.log_penalty_factor)
       # Only targeted gates that are still open: closed ones need no push (and the penalty
       # falls to 0 as the budget is met).
-      gates = tf.stop_gradient(self.gates())
-      nonzero *= tf.cast(gates > 0.0, tf.float32)
-      nonzero *= self._budget_targets(self.read_weight(), gates,
-                                      self.pruning_schedule.sparsity(step))
+      nonzero *= tf.cast(tf.stop_gradient(self.gates()) > 0.0, tf.float32)
+      nonzero *= tf.convert_to_tensor(self.budget_targets)
     group_size = self.gated_weights // math.prod(self.gate_parameter.shape)
     penalty = strength * tf.reduce_sum(nonzero) * float(group_size) / float(self.normalizer())
     # The controller's factor scales the gradient, not the value the loss shows: exp(μ) can
