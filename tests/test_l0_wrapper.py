@@ -281,3 +281,24 @@ def test_granularity_that_does_not_fit_a_single_layer():
     tf_gibbs.L0Schedule(begin_step=5, end_step=5)
   with pytest.raises(ValueError, match="frequency"):
     tf_gibbs.L0Schedule(frequency=0)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_keeps_gates_in_float32_and_reaches_the_budget(policy):
+  keras.mixed_precision.set_global_policy(policy)
+  try:
+    schedule = tf_gibbs.L0Schedule(target_sparsity=0.5, end_step=6, frequency=2)
+    model = compile_model(tf_gibbs.prune_l0(small_cnn(), schedule=schedule, seed=0,
+                                            mode="stochastic"))
+    x, y = random_data(64)
+    history = model.fit(x, y, batch_size=16, epochs=2, callbacks=STEP, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    for w in _gates(model):
+      for variable in (w.gate_parameter, w.mask, w.budget_targets, w.log_penalty_factor):
+        assert variable.dtype == tf.float32 and not hasattr(variable, "_variable")
+      assert w.log_alpha.dtype == tf.float32
+    kernels = [l.kernel.numpy() for l in tf_gibbs.strip_pruning(model).layers
+               if hasattr(l, "kernel")]
+    assert all((k == 0).mean() == pytest.approx(0.5, abs=1 / k.size) for k in kernels)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")

@@ -146,6 +146,13 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
 
   # --- Keras ------------------------------------------------------------------------------------
 
+  def add_weight(self, *args, **kwargs):
+    """Keras' ``add_weight``, but the wrapper's own variables (masks, gates, thresholds) are
+    never autocast: under a ``mixed_float16``/``mixed_bfloat16`` policy they stay float32 when
+    read in ``call``, so the pruning maths runs in float32 (the inner layer's are unaffected)."""
+    kwargs.setdefault("experimental_autocast", False)
+    return super().add_weight(*args, **kwargs)
+
   def build(self, input_shape):
     keras.layers.Wrapper.build(self, input_shape)
     weight = getattr(self.layer, self.weight_name)
