@@ -94,7 +94,8 @@ def train(method, sparsity, seed, data, args):
     model = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
   elif method == "l0":
-    schedule = tf_gibbs.L0Schedule(target_sparsity=sparsity, begin_step=0, end_step=ramp_end)
+    schedule = tf_gibbs.L0Schedule(target_sparsity=sparsity, begin_step=0, end_step=ramp_end,
+                                   frequency=args.l0_frequency)
     model = tf_gibbs.prune_l0(model, schedule=schedule, seed=seed,
                               gate_lr_multiplier=args.l0_gate_lr_multiplier)
     callbacks = [tf_gibbs.UpdatePruningStep()]
@@ -143,6 +144,8 @@ def main(argv=None):
                       help="1: Gibbs also ramps p from 0 (cubic, like tfmot); 0: p fixed")
   parser.add_argument("--l0_gate_lr_multiplier", type=float, default=50.0,
                       help="L0 rows: how much faster than the weights the gates learn")
+  parser.add_argument("--l0_frequency", type=int, default=10,
+                      help="L0 rows: steps between re-rankings of the budget's target set")
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   methods = args.methods.split(",")

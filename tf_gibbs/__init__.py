@@ -5,13 +5,16 @@ tensorflow-model-optimization, does not work with Keras 3 objects.
 """
 
 from tf_gibbs import core
+from tf_gibbs.adaptive import AdaptiveThreshold
 from tf_gibbs.callbacks import UpdatePruningStep
 from tf_gibbs.gibbs import GibbsPruning
 from tf_gibbs.l0 import L0Gates
+from tf_gibbs.prune import prune_adaptive
 from tf_gibbs.prune import prune_gibbs
 from tf_gibbs.prune import prune_l0
 from tf_gibbs.prune import prune_scope
 from tf_gibbs.prune import strip_pruning
+from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import GibbsSchedule
 from tf_gibbs.schedule import L0Schedule
 from tf_gibbs.wrapper import PruningWrapper
@@ -19,6 +22,8 @@ from tf_gibbs.wrapper import PruningWrapper
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveSchedule",
+    "AdaptiveThreshold",
     "GibbsPruning",
     "GibbsSchedule",
     "L0Gates",
@@ -26,6 +31,7 @@ __all__ = [
     "PruningWrapper",
     "UpdatePruningStep",
     "core",
+    "prune_adaptive",
     "prune_gibbs",
     "prune_l0",
     "prune_scope",

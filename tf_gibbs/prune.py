@@ -8,14 +8,19 @@ import warnings
 
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
+import uuid
+
+from tf_gibbs import adaptive as adaptive_lib
 from tf_gibbs import gibbs as gibbs_lib
 from tf_gibbs import l0 as l0_lib
 from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import is_graph_model
 from tf_gibbs._keras import keras
+from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import GibbsSchedule
 from tf_gibbs.schedule import L0Schedule
+from tf_gibbs.schedule import check_number
 
 
 def _skip_predicate(skip, model=None):
@@ -233,6 +238,63 @@ def prune_l0(to_prune, granularity="weight", mode="deterministic", l0_strength=N
                         fits=functools.partial(l0_lib.layer_misfit, granularity))
 
 
+def prune_adaptive(to_prune, target_sparsity, loss_weight=10.0, budget="params",
+                   estimate="measured", begin_step=0, end_step=10000, min_weights=1000,
+                   r_lr_multiplier=0.01, exact_budget=True, skip=None):
+  """Wraps a model with learned per-layer thresholds under one global sparsity budget.
+
+  Adaptive sparsity loss (Retsinas et al., arXiv 2006.02768; see
+  :class:`tf_gibbs.AdaptiveThreshold`): every wrapped layer computes with W · 1[|W| > r·std(W)]
+  and the loss gets λ (D − (1 − s))², D the parameter- (or FLOP-) weighted kept fraction of all
+  wrapped layers, so the training decides how much each layer keeps. Train with
+  ``model.fit(..., callbacks=[tf_gibbs.UpdatePruningStep()])``; the thresholds freeze at
+  ``end_step``; then ``tf_gibbs.strip_pruning``.
+
+  Args:
+    to_prune: Sequential or functional tf_keras model (cloned), one layer, or a list of layers
+      (a list shares one budget; a single layer has its own).
+    target_sparsity: the budget s in [0, 1): the fraction of zero weights over the wrapped layers.
+    loss_weight: λ > 0 (default 10, the paper's).
+    budget: ``"params"`` or ``"flops"`` (multiply-accumulates per example).
+    estimate: ``"measured"`` (real zero fraction, our correction) or ``"erf"`` (the paper's).
+    begin_step, end_step: thresholding starts at ``begin_step``; thresholds freeze at
+      ``end_step``.
+    min_weights: layers with fewer weights are left dense (default 1000, the reference code's).
+    r_lr_multiplier: r learns this many times as fast as the weights (default 0.01).
+    exact_budget: at ``end_step`` rescale all thresholds by one common factor so that the
+      measured zero fraction is exactly s (our correction; False: as trained, as the paper).
+    skip: layers to leave dense: a name, a list of names, or ``callable(layer) -> bool``.
+
+  Returns:
+    The wrapped model, layer or list of layers.
+  """
+  schedule = AdaptiveSchedule(target_sparsity, begin_step=begin_step, end_step=end_step)
+  adaptive_lib.check_budget(budget)
+  adaptive_lib.check_estimate(estimate)
+  check_number(loss_weight, "loss_weight", 0.0, False)
+  check_number(r_lr_multiplier, "r_lr_multiplier", 0.0, False)
+  min_weights = int(check_number(min_weights, "min_weights", 0, integer=True))
+  if not isinstance(exact_budget, bool):
+    raise TypeError(f"`exact_budget` must be True or False, got {exact_budget!r}.")
+  group = uuid.uuid4().hex
+
+  def make_wrapper(layer, index):
+    del index
+    return adaptive_lib.AdaptiveThreshold(
+        layer, pruning_schedule=schedule, loss_weight=loss_weight, budget=budget,
+        estimate=estimate, r_lr_multiplier=r_lr_multiplier, budget_group=group,
+        exact_budget=exact_budget)
+
+  def fits(layer):
+    weight = getattr(layer, wrapper_lib.prunable_weight_name(layer), None)
+    if weight is None or weight.shape.num_elements() >= min_weights:
+      return None
+    return (f"they have fewer than min_weights={min_weights} weights (the adaptive sparsity "
+            "loss leaves small layers dense).")
+
+  return apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_adaptive", fits=fits)
+
+
 def _stripped_copy(wrapper, pending):
   """A fresh inner layer; its weights (the deployable ones) are set once it is built."""
   inner = wrapper.layer
@@ -312,6 +374,7 @@ def prune_scope():
       model = tf_keras.models.load_model(path)
   """
   return keras.utils.custom_object_scope({
+      "AdaptiveThreshold": adaptive_lib.AdaptiveThreshold,
       "GibbsPruning": gibbs_lib.GibbsPruning,
       "L0Gates": l0_lib.L0Gates,
       "PruneLowMagnitude": pruning_wrapper.PruneLowMagnitude,

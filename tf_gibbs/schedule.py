@@ -223,3 +223,36 @@ class L0Schedule(_StepSchedule):
         tf.logical_and(step >= self.begin_step, step < self.end_step),
         tf.equal((step - self.begin_step) % self.frequency, 0))
     return tf.logical_or(periodic, tf.equal(step, self.end_step))
+
+
+@keras.utils.register_keras_serializable(package="tf_gibbs")
+class AdaptiveSchedule(_StepSchedule):
+  """Steps of the adaptive sparsity loss (Retsinas et al.), as a tfmot ``PruningSchedule``.
+
+  From ``begin_step`` the layers compute with hard-thresholded weights and the budget loss
+  acts; the thresholds train until ``end_step``, where they freeze (the absolute threshold
+  b = r · std(W) of that step is kept) and the weights fine-tune under them. Freezing is our
+  addition: it makes the final weight idempotent, so that the epoch-end write makes
+  ``tfmot.sparsity.keras.strip_pruning`` exact (the reference code thresholds once, after
+  training). ``__call__(step)`` returns ``(step >= begin_step, target_sparsity)``.
+
+  Args:
+    target_sparsity: the global budget s in [0, 1): the fraction of zero weights over the layers
+      that count toward it (parameter- or FLOP-weighted, see ``prune_adaptive``).
+    begin_step: first thresholded step, ≥ 0.
+    end_step: step at which the thresholds freeze, > begin_step.
+  """
+
+  CONFIG_KEYS = ("target_sparsity", "begin_step", "end_step")
+
+  def __init__(self, target_sparsity=0.9, begin_step=0, end_step=10000):
+    self.target_sparsity = float(check_number(target_sparsity, "target_sparsity", 0.0, True, 1.0))
+    self.begin_step = int(check_number(begin_step, "begin_step", 0, integer=True))
+    self.end_step = int(check_number(end_step, "end_step", integer=True))
+    if self.end_step <= self.begin_step:
+      raise ValueError(f"`end_step` must be > `begin_step` ({self.begin_step}), "
+                       f"got {self.end_step}.")
+
+  def sparsity(self, step):
+    del step
+    return tf.constant(self.target_sparsity, tf.float32)

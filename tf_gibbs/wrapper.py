@@ -83,6 +83,7 @@ def schedule_custom_objects():
   """Schedules that wrapper configs may name, for ``deserialize_keras_object``."""
   from tf_gibbs import schedule  # pylint: disable=g-import-not-at-top
   return {
+      "AdaptiveSchedule": schedule.AdaptiveSchedule,
       "GibbsSchedule": schedule.GibbsSchedule,
       "L0Schedule": schedule.L0Schedule,
       "ConstantSparsity": tfmot_schedule.ConstantSparsity,

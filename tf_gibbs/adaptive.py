@@ -1,0 +1,225 @@
+"""Adaptive sparsity loss (Retsinas et al., arXiv 2006.02768): the Keras wrapper.
+
+The threshold, the straight-through hard threshold and the density estimates live in
+:mod:`tf_gibbs.core.adaptive`; this module connects them to a layer, the step counter, the
+global budget loss and its group of layers.
+"""
+
+import math
+
+import tensorflow as tf
+
+from tf_gibbs import wrapper as wrapper_lib
+from tf_gibbs._keras import keras
+from tf_gibbs.core import adaptive as adaptive_core
+from tf_gibbs.core import l0 as l0_core
+from tf_gibbs.schedule import AdaptiveSchedule
+from tf_gibbs.schedule import check_number
+
+BUDGETS = ("params", "flops")
+
+
+def check_budget(budget):
+  if budget not in BUDGETS:
+    raise ValueError(f"Unknown budget={budget!r}; accepted values: {list(BUDGETS)}.")
+  return budget
+
+
+def check_estimate(estimate):
+  if estimate not in adaptive_core.ESTIMATES:
+    raise ValueError(f"Unknown estimate={estimate!r}; accepted values: "
+                     f"{list(adaptive_core.ESTIMATES)}.")
+  return estimate
+
+
+def check_adaptive_schedule(schedule, argument="schedule"):
+  if not isinstance(schedule, AdaptiveSchedule):
+    raise TypeError(f"`{argument}` of the adaptive sparsity loss must be a "
+                    f"tf_gibbs.AdaptiveSchedule, got {type(schedule).__name__}.")
+  return schedule
+
+
+def _connected_layers(start):
+  """Every layer reachable from ``start`` through Keras nodes (its whole functional graph)."""
+  seen, stack = {id(start): start}, [start]
+  while stack:
+    layer = stack.pop()
+    neighbours = [n.outbound_layer for n in getattr(layer, "_outbound_nodes", [])]
+    for node in getattr(layer, "_inbound_nodes", []):
+      inbound = node.inbound_layers
+      neighbours.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
+    for other in neighbours:
+      if id(other) not in seen:
+        seen[id(other)] = other
+        stack.append(other)
+  return list(seen.values())
+
+
+@keras.utils.register_keras_serializable(package="tf_gibbs")
+class AdaptiveThreshold(wrapper_lib.PruningWrapper):
+  """Hard-thresholds a layer's kernel at a learned multiple of its standard deviation.
+
+  Forward (training and inference): Ŵ = W · 1[|W| > b], b = clip(r, 0, 5) · std(W), with the
+  straight-through gradients of :func:`tf_gibbs.core.adaptive.hard_threshold` (all weights keep
+  learning; r learns through the pruned weights). At the schedule's ``end_step`` the mask
+  freezes (after the ``exact_budget`` correction) and the kept weights fine-tune under it; the
+  epoch-end callback then writes W · mask into the kernel (idempotent), so both strip functions
+  are exact. The budget loss
+  λ (Σ_l c_l d_l / Σ_l c_l − (1 − s))² over the layers of one ``budget_group`` (c_l: parameters
+  or multiply-accumulates, d_l: kept fraction by ``estimate``) is added once per group, by its
+  member with the smallest name; the members find each other through the model's graph, so a
+  loaded model keeps its budget loss. r is stored as r / ``r_lr_multiplier`` and used through
+  :func:`tf_gibbs.core.l0.scaled_parameter`, so it learns ``r_lr_multiplier`` times as fast as
+  the weights with any optimizer (the paper trains r at lr/100 with its own optimizer group).
+  We threshold |W| without the reference code's in-place re-centring of W to zero mean: a
+  wrapper that mutates the weights at every step would break resuming and stripping.
+
+  Args:
+    layer: tf_keras Dense, Conv1D, Conv2D or DepthwiseConv2D.
+    pruning_schedule: a :class:`tf_gibbs.AdaptiveSchedule` (the budget s and the freeze step).
+    loss_weight: λ > 0 (default 10, the paper's).
+    budget: ``"params"`` (the paper) or ``"flops"`` (each layer weighted by its
+      multiply-accumulates per example).
+    estimate: ``"measured"`` (default: the real kept fraction, with the erf gradient) or
+      ``"erf"`` (the paper's Gaussian estimate 1 − erf(r/√2)).
+    r_lr_multiplier: how fast r learns relative to the weights, > 0 (default 0.01).
+    initial_r: starting r; None: √2 · erfinv(0.6 s) (reference code).
+    budget_group: name shared by the layers under one budget (``prune_adaptive`` sets it);
+      None: this layer alone.
+    exact_budget: at ``end_step``, multiply every threshold of the group by one common factor
+      (:func:`tf_gibbs.core.adaptive.common_scale`) so that the measured weighted zero fraction
+      is exactly s (our correction; False: the thresholds as trained, as in the paper).
+    seed: unused by this method (no randomness); kept for the shared wrapper interface.
+  """
+
+  def __init__(self, layer, pruning_schedule=None, loss_weight=10.0, budget="params",
+               estimate="measured", r_lr_multiplier=0.01, initial_r=None, budget_group=None,
+               exact_budget=True, seed=None, **kwargs):
+    if pruning_schedule is None:
+      pruning_schedule = AdaptiveSchedule()
+    check_adaptive_schedule(pruning_schedule, "pruning_schedule")
+    self.loss_weight = float(check_number(loss_weight, "loss_weight", 0.0, False))
+    self.budget = check_budget(budget)
+    self.estimate = check_estimate(estimate)
+    self.r_lr_multiplier = float(check_number(r_lr_multiplier, "r_lr_multiplier", 0.0, False))
+    if initial_r is None:
+      initial_r = adaptive_core.initial_r(pruning_schedule.target_sparsity)
+    self.initial_r = float(check_number(initial_r, "initial_r", 0.0, True,
+                                        adaptive_core.R_MAX, True))
+    if budget_group is not None and not isinstance(budget_group, str):
+      raise TypeError(f"`budget_group` must be None or a string, got {budget_group!r}.")
+    self.budget_group = budget_group
+    if not isinstance(exact_budget, bool):
+      raise TypeError(f"`exact_budget` must be True or False, got {exact_budget!r}.")
+    self.exact_budget = exact_budget
+    super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
+
+  # --- variables --------------------------------------------------------------------------------
+
+  def build_method_variables(self, weight):
+    self.r_parameter = self.add_weight(
+        "r", shape=[], dtype=tf.float32, trainable=True,
+        initializer=keras.initializers.Constant(self.initial_r / self.r_lr_multiplier))
+    params = weight.shape.num_elements()
+    output_shape = self.layer.compute_output_shape(self.layer._build_input_shape)  # pylint: disable=protected-access
+    positions = math.prod(int(d) for d in output_shape[1:-1])
+    self.cost = {"params": params, "flops": params * positions}
+    self.add_loss(self.budget_loss)
+
+  @property
+  def r(self):
+    """The threshold in units of std(W) (a tensor; gradient reaches ``r_parameter``)."""
+    return l0_core.scaled_parameter(self.r_parameter, self.r_lr_multiplier)
+
+  # --- the global budget ------------------------------------------------------------------------
+
+  def budget_members(self):
+    """The wrappers of this layer's ``budget_group`` in its model (itself when alone)."""
+    if self.budget_group is None:
+      return [self]
+    members = [layer for layer in _connected_layers(self)
+               if isinstance(layer, AdaptiveThreshold) and layer.budget_group == self.budget_group]
+    return sorted(members, key=lambda layer: layer.name)
+
+  def density(self, weight=None):
+    """Kept fraction d of this layer by its ``estimate`` (a scalar tensor)."""
+    weight = self.read_weight() if weight is None else weight
+    return adaptive_core.density(weight, self.r, self.estimate)
+
+  def budget_loss(self):
+    """λ (D − (1 − s))² for the whole group, from its first member; 0 from the others and
+    before ``begin_step`` / from ``end_step`` on."""
+    members = self.budget_members()
+    if members[0] is not self:
+      return tf.constant(0.0)
+    loss = self.loss_weight * adaptive_core.budget_loss(
+        [m.density() for m in members], [m.cost[self.budget] for m in members],
+        self.pruning_schedule.target_sparsity)
+    step = self.pruning_step
+    should_prune, _ = self.pruning_schedule(step)
+    active = tf.logical_and(should_prune, tf.logical_not(self.schedule_finished(step)))
+    return tf.where(active, loss, tf.zeros_like(loss))
+
+  # --- hooks ------------------------------------------------------------------------------------
+
+  def call(self, inputs, training=None):
+    outputs = super().call(inputs, training=training)
+    # Per-layer r and zero fraction in the Keras logs (History, TensorBoard, progress bar).
+    self.add_metric(tf.clip_by_value(tf.stop_gradient(self.r), 0.0, adaptive_core.R_MAX),
+                    name=f"r_{self.layer.name}")
+    self.add_metric(1.0 - tf.reduce_mean(self.mask), name=f"sparsity_{self.layer.name}")
+    return outputs
+
+  def _live_threshold(self, weight):
+    return adaptive_core.threshold(weight, self.r)
+
+  def _freeze_threshold(self, weight):
+    """b at ``end_step``: the live one, or (``exact_budget``) the live one times the group's
+    common scale that makes the measured weighted zero fraction exactly s."""
+    b = tf.stop_gradient(self._live_threshold(weight))
+    if not self.exact_budget:
+      return b
+    members = self.budget_members()
+    ratios = [tf.abs(m.read_weight()) / tf.maximum(tf.stop_gradient(
+        m._live_threshold(m.read_weight())), 1e-12) for m in members]  # pylint: disable=protected-access
+    scale = adaptive_core.common_scale(ratios, [m.cost[self.budget] for m in members],
+                                       self.pruning_schedule.target_sparsity)
+    return scale * tf.maximum(b, 1e-12)
+
+  def training_weight(self, weight, step):
+    should_prune, _ = self.pruning_schedule(step)
+    finished = self.schedule_finished(step)
+    freeze = tf.equal(tf.cast(step, tf.int64), self.pruning_schedule.end_step)
+    live = self._live_threshold(weight)
+    b = tf.cond(freeze, lambda: self._freeze_threshold(weight),
+                lambda: tf.where(finished, tf.identity(self.threshold), tf.stop_gradient(live)))
+    # Up to end_step the mask follows the live threshold; from then on it is frozen.
+    mask = tf.where(tf.logical_and(finished, tf.logical_not(freeze)), tf.identity(self.mask),
+                    adaptive_core.keep_mask(weight, b))
+    mask = tf.where(should_prune, mask, tf.ones_like(mask))
+    updates = [self.threshold.assign(b), self.mask.assign(mask)]
+    with tf.control_dependencies(updates):
+      thresholded = tf.where(finished, weight * mask, adaptive_core.hard_threshold(weight, live))
+      return tf.where(should_prune, thresholded, weight)
+
+  def deterministic_weight(self, weight, step):
+    """W · 1[|W| > r·std(W)] before ``end_step``; W · (frozen mask) from then on."""
+    should_prune, _ = self.pruning_schedule(step)
+    live = adaptive_core.keep_mask(weight, self._live_threshold(weight))
+    mask = tf.where(self.schedule_finished(step), tf.identity(self.mask), live)
+    return tf.where(should_prune, weight * mask, weight)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "loss_weight": self.loss_weight,
+        "budget": self.budget,
+        "estimate": self.estimate,
+        "r_lr_multiplier": self.r_lr_multiplier,
+        # Once built, the learned r (a clone from this config starts where this layer is).
+        "initial_r": (float(tf.clip_by_value(self.r, 0.0, adaptive_core.R_MAX)) if self.built
+                      else self.initial_r),
+        "budget_group": self.budget_group,
+        "exact_budget": self.exact_budget,
+    })
+    return config

@@ -1,0 +1,124 @@
+"""Adaptive sparsity loss (Retsinas et al., arXiv 2006.02768) in plain TensorFlow.
+
+One trainable scalar r per layer sets the layer's magnitude threshold b = clip(r, 0, 5) · std(W)
+(std without gradient); the forward pass uses the hard-thresholded weight and a budget loss on the
+parameter- (or FLOP-) weighted density drives the whole network to a target sparsity.
+
+Nothing here knows about Keras.
+"""
+
+import math
+
+import tensorflow as tf
+
+R_MAX = 5.0  # the reference code clamps r to [0, 5]
+ESTIMATES = ("measured", "erf")
+
+
+def threshold(weight, r):
+  """b = clip(r, 0, 5) · std(W): the gradient reaches r, not W (reference code)."""
+  weight = tf.convert_to_tensor(weight)
+  return tf.clip_by_value(r, 0.0, R_MAX) * tf.stop_gradient(tf.math.reduce_std(weight))
+
+
+def hard_threshold(weight, b):
+  """Ŵ = W · 1[|W| > b] in the forward pass, with the reference code's straight-through gradients.
+
+  The reference writes Ŵ = b · ST(W / b), ST the hard shrink 1[|x| > 1] · x forward and the
+  identity backward. Its gradients: dŴ/dW = 1 for every weight (pruned weights keep learning and
+  can come back) and dŴ/db = ST(W/b) − W/b, which is 0 for kept weights and −W/b for pruned
+  ones — the threshold learns from the task loss through the pruned weights only. We build the
+  same gradients around an exact forward value (b · (W/b) is not W in floating point):
+
+    Ŵ = W·k + (W − sg(W))·(1 − k) + (b − sg(b))·sg(−(W/b)·(1 − k)),  k = 1[|W| > b], sg = stop.
+  """
+  weight = tf.convert_to_tensor(weight)
+  b = tf.cast(b, weight.dtype)
+  kept = tf.cast(tf.abs(weight) > b, weight.dtype)
+  pruned = 1.0 - kept
+  value = tf.stop_gradient(weight * kept) + (weight - tf.stop_gradient(weight))
+  slope = tf.stop_gradient(-weight / tf.maximum(b, 1e-12) * pruned)
+  return value + (b - tf.stop_gradient(b)) * slope
+
+
+def keep_mask(weight, b):
+  """1[|W| > b] as float32 (no gradient)."""
+  return tf.cast(tf.abs(tf.stop_gradient(weight)) > tf.stop_gradient(b), tf.float32)
+
+
+def erf_density(r):
+  """The paper's Gaussian estimate of the kept fraction: d = 1 − erf(clip(r, 0, 5) / √2).
+
+  Exact for Gaussian weights; heavier-tailed weights (what training produces) have more weights
+  near zero, so at high targets the real zero fraction is below the estimate (methods.md §2).
+  """
+  return 1.0 - tf.math.erf(tf.clip_by_value(r, 0.0, R_MAX) / math.sqrt(2.0))
+
+
+def measured_density(weight, r):
+  """The real kept fraction mean(1[|W| > b]) as the value, with the erf estimate's gradient.
+
+  d = d_erf(r) + stop_gradient(mean(1[|W| > b]) − d_erf(r)). Our correction (not the paper's):
+  the budget loss then sees the density that stripping will produce, so its minimum is at the
+  real target, while the gradient keeps the erf model's smooth, always-negative slope in r (the
+  true count is a step function with no useful gradient).
+  """
+  estimate = erf_density(r)
+  measured = tf.reduce_mean(keep_mask(weight, threshold(weight, r)))
+  return estimate + tf.stop_gradient(measured - estimate)
+
+
+def density(weight, r, estimate="measured"):
+  """The kept fraction of one layer by ``estimate``: ``"measured"`` or ``"erf"``."""
+  if estimate == "measured":
+    return measured_density(weight, r)
+  if estimate == "erf":
+    return erf_density(r)
+  raise ValueError(f"Unknown estimate={estimate!r}; accepted values: {list(ESTIMATES)}.")
+
+
+def budget_loss(densities, costs, target_sparsity):
+  """(D − (1 − s))² with D = Σ_l c_l d_l / Σ_l c_l (Retsinas et al.).
+
+  ``costs`` are the layers' parameter counts (``budget="params"``, the paper) or
+  multiply-accumulates (``budget="flops"``). Only the global density is constrained; the
+  per-layer split is learned.
+  """
+  densities = tf.stack([tf.cast(d, tf.float32) for d in densities])
+  costs = tf.constant([float(c) for c in costs], tf.float32)
+  total = tf.reduce_sum(costs * densities) / tf.reduce_sum(costs)
+  return tf.square(total - (1.0 - target_sparsity))
+
+
+def initial_r(target_sparsity):
+  """r₀ = √2 · erfinv(0.6 · s): the reference code's starting threshold (in units of std)."""
+  return math.sqrt(2.0) * float(tf.math.erfinv(tf.constant(0.6 * target_sparsity, tf.float64)))
+
+
+def common_scale(ratios, costs, target_sparsity, iterations=64):
+  """The smallest k with Σ_l c_l · mean(ratio_l ≤ k) / Σ_l c_l ≥ s, by bisection.
+
+  ``ratios`` are the layers' |W_l| / b_l (any shapes), ``costs`` their budget weights c_l.
+  Pruning |W_l| ≤ k · b_l in every layer then gives a weighted zero fraction of s, exceeded
+  only by the weight of values tied at k; each threshold keeps its learned ratio to the others.
+  The freeze-step correction of the adaptive sparsity loss (our addition, not the paper's).
+  Float32 bisection on [0, max ratio] for a fixed number of steps (graph- and XLA-friendly).
+  """
+  flat = [tf.reshape(tf.cast(r, tf.float32), [-1]) for r in ratios]
+  shares = tf.constant([float(c) for c in costs], tf.float32)
+  shares /= tf.reduce_sum(shares)
+  target = tf.cast(target_sparsity, tf.float32)
+
+  def zero_fraction(k):
+    fractions = tf.stack([tf.reduce_mean(tf.cast(r <= k, tf.float32)) for r in flat])
+    return tf.reduce_sum(shares * fractions)
+
+  def step(i, low, high):
+    mid = 0.5 * (low + high)
+    enough = zero_fraction(mid) >= target
+    return i + 1, tf.where(enough, low, mid), tf.where(enough, mid, high)
+
+  high = tf.reduce_max(tf.stack([tf.reduce_max(r) for r in flat]))
+  _, _, high = tf.while_loop(lambda i, low, high: i < iterations, step,
+                             (tf.constant(0), tf.constant(0.0), high))
+  return high
