@@ -17,6 +17,10 @@ L0 rows (issue #4, ``--methods tfmot,l0``): ``prune_l0`` in budget mode
 (``target_sparsity=s``, per-weight deterministic gates, the gates freeze at the end of the
 ramp and the weights fine-tune under them), every layer gated, the same epochs; its sparsity is
 *measured* (exact zeros of the stripped kernels), and tfmot runs at the same target.
+Adaptive rows (issue #5, ``--methods tfmot,adaptive``): ``prune_adaptive`` with a global
+budget s over the layers of ≥ 1000 weights (conv1, 288 weights, stays dense: 0.55 % of the
+weights), thresholds frozen at the end of the ramp with the exact-budget correction; "measured"
+is its parameter-weighted zero fraction over those layers, while tfmot prunes every layer to s.
 Prints a table of mean ± std over seeds.
 """
 
@@ -93,6 +97,14 @@ def train(method, sparsity, seed, data, args):
                                                     frequency=args.tfmot_frequency)
     model = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
+  elif method == "adaptive":
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # "left dense": conv1 has fewer than min_weights weights
+      model = tf_gibbs.prune_adaptive(model, sparsity, end_step=ramp_end,
+                                      r_lr_multiplier=args.adaptive_r_lr_multiplier)
+    pruned_names = {l.layer.name for l in model.layers
+                    if isinstance(l, tf_gibbs.PruningWrapper)}
+    callbacks = [tf_gibbs.UpdatePruningStep()]
   elif method == "l0":
     schedule = tf_gibbs.L0Schedule(target_sparsity=sparsity, begin_step=0, end_step=ramp_end,
                                    frequency=args.l0_frequency)
@@ -128,7 +140,7 @@ def main(argv=None):
   parser.add_argument("--seeds", default="0,1,2,3,4")
   parser.add_argument("--methods", default="dense,tfmot,gibbs",
                       help="dense, tfmot, gibbs, gibbs_kernel, gibbs_filter, magnitude_kernel, "
-                      "magnitude_filter, l0")
+                      "magnitude_filter, l0, adaptive")
   parser.add_argument("--structured_sparsities", default="0.5,0.75,0.9",
                       help="targets of the kernel / filter rows (fraction of groups)")
   parser.add_argument("--epochs", type=int, default=30)
@@ -144,6 +156,8 @@ def main(argv=None):
                       help="1: Gibbs also ramps p from 0 (cubic, like tfmot); 0: p fixed")
   parser.add_argument("--l0_gate_lr_multiplier", type=float, default=50.0,
                       help="L0 rows: how much faster than the weights the gates learn")
+  parser.add_argument("--adaptive_r_lr_multiplier", type=float, default=3.0,
+                      help="adaptive rows: how fast r learns relative to the weights")
   parser.add_argument("--l0_frequency", type=int, default=10,
                       help="L0 rows: steps between re-rankings of the budget's target set")
   args = parser.parse_args(argv)

@@ -9,8 +9,9 @@ same batches with ``train_on_batch``, single steps interleaved; the figure is th
 tfmot uses ConstantSparsity(0.9) with its default mask update every 100 steps; Gibbs samples a
 new mask at every step. L0 gates (modes ``l0`` = per weight, ``l0_filter``, ...): deterministic
 gates in budget mode (target 0.9), the most expensive L0 configuration (penalty, controller and
-the budget's ranking at every step). Targets: Gibbs unstructured ≤ 1.10 (issue #2), kernel and
-filter ≤ 1.25 (issue #3), L0 ≤ 1.15 (issue #4), at batch 128 and at batch 16. Then prints the cost of one mask sample against the
+the budget's ranking). Adaptive sparsity loss (mode ``adaptive``): ``prune_adaptive`` at a 0.9
+budget. Targets: Gibbs unstructured ≤ 1.10 (issue #2), kernel and filter ≤ 1.25 (issue #3),
+L0 ≤ 1.15 (issue #4), adaptive ≤ 1.10 (issue #5), at batch 128 and at batch 16. Then prints the cost of one mask sample against the
 kernel size (3×3, 5×5, 7×7) for every Hamiltonian.
 """
 
@@ -59,9 +60,17 @@ def l0_model(depth, granularity="weight", mode="deterministic"):
                            skip=lambda layer: not _prunable(layer))
 
 
+def adaptive_model(depth):
+  return tf_gibbs.prune_adaptive(resnet(depth), 0.9, end_step=10_000,
+                                 skip=lambda layer: not _prunable(layer))
+
+
 def make_model(name, depth):
-  """``unstructured``, ``kernel``, ``filter_chromatic``, ... (Gibbs) or ``l0[_granularity]``."""
+  """``unstructured``, ``kernel``, ``filter_chromatic``, ... (Gibbs), ``l0[_granularity]`` or
+  ``adaptive``."""
   family, _, option = name.partition("_")
+  if family == "adaptive":
+    return adaptive_model(depth)
   if family == "l0":
     return l0_model(depth, option or "weight")
   return gibbs_model(depth, family, option or None)
@@ -132,7 +141,7 @@ def main(argv=None):
   parser.add_argument("--depth", type=int, default=20)
   parser.add_argument("--xla", action="store_true", help="compile all with jit_compile=True")
   parser.add_argument("--modes",
-                      default="unstructured,kernel,filter_chromatic,filter_exact,l0,l0_filter",
+                      default="unstructured,kernel,filter_chromatic,filter_exact,l0,l0_filter,adaptive",
                       help="Gibbs Hamiltonians (and filter samplers), and L0 gates "
                       "(l0_<granularity>), to time against tfmot")
   parser.add_argument("--sampler_sizes", default="3,5,7",
@@ -142,7 +151,7 @@ def main(argv=None):
   keras.utils.set_random_seed(0)
   models = {"tfmot": _prepare(tfmot_model(args.depth), args.xla)}
   for name in args.modes.split(","):
-    label = name if name.startswith("l0") else f"gibbs_{name}"
+    label = name if name.startswith(("l0", "adaptive")) else f"gibbs_{name}"
     models[label] = _prepare(make_model(name, args.depth), args.xla)
   print(f"ResNet-{args.depth}, CIFAR-shaped input, xla={args.xla}; step times of "
         f"{args.steps or '120 (batch < 64) / 40'} interleaved steps per model and batch size")

@@ -237,3 +237,18 @@ def test_bad_arguments(kwargs, error, match):
 def test_bad_schedule_type():
   with pytest.raises(TypeError, match="AdaptiveSchedule"):
     tf_gibbs.AdaptiveThreshold(keras.layers.Dense(3), tf_gibbs.GibbsSchedule())
+
+
+def test_pruning_summaries_log_thresholds_and_sparsity(tmp_path):
+  model = compile_model(tf_gibbs.prune_adaptive(small_cnn(), 0.7, min_weights=0, end_step=100))
+  x, y = random_data(32)
+  log_dir = str(tmp_path / "logs")
+  model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+            callbacks=STEP + [tfmot.sparsity.keras.PruningSummaries(log_dir)])
+  tags = set()
+  for path in tf.io.gfile.glob(f"{log_dir}/**/events*") + tf.io.gfile.glob(f"{log_dir}/events*"):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  for name in ("conv1", "conv2", "dense1", "logits"):
+    assert any(name in t and "sparsity" in t for t in tags), tags
+    assert any(name in t and "threshold" in t for t in tags), tags

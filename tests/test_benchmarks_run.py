@@ -5,13 +5,15 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import accuracy  # noqa: E402  pylint: disable=g-import-not-at-top
+import budget  # noqa: E402  pylint: disable=g-import-not-at-top
 import overhead  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def test_accuracy_benchmark_runs_and_reaches_the_target_sparsity():
   results = accuracy.main(["--epochs", "1", "--seeds", "0", "--sparsities", "0.9",
-                           "--methods", "dense,tfmot,gibbs,l0"])
-  assert set(results) == {("dense", 0.0), ("tfmot", 0.9), ("gibbs", 0.9), ("l0", 0.9)}
+                           "--methods", "dense,tfmot,gibbs,l0,adaptive"])
+  assert set(results) == {("dense", 0.0), ("tfmot", 0.9), ("gibbs", 0.9), ("l0", 0.9),
+                          ("adaptive", 0.9)}
   for (method, target), (acc, _, measured) in results.items():
     assert 0.0 <= acc <= 1.0
     assert abs(measured - target) < 1e-3, (method, measured)
@@ -19,10 +21,17 @@ def test_accuracy_benchmark_runs_and_reaches_the_target_sparsity():
 
 def test_overhead_benchmark_runs():
   results = overhead.main(["--batch_sizes", "4", "--steps", "2", "--sampler_sizes", "3",
-                           "--modes", "unstructured,filter_chromatic,l0,l0_filter"])
+                           "--modes", "unstructured,filter_chromatic,l0,l0_filter,adaptive"])
   assert results[("tfmot", 4)] == 1.0
   assert results[("gibbs_unstructured", 4)] > 0
   assert results[("l0", 4)] > 0 and results[("l0_filter", 4)] > 0
+  assert results[("adaptive", 4)] > 0
+
+
+def test_budget_benchmark_hits_the_target_with_the_exact_correction():
+  results = budget.main(["--epochs", "1", "--targets", "0.8", "--seeds", "0"])
+  assert set(results) == {("erf", 0.8), ("measured", 0.8), ("measured+exact", 0.8)}
+  assert abs(results[("measured+exact", 0.8)][0] - 0.8) <= 0.005
 
 
 def test_accuracy_benchmark_structured_rows_prune_whole_groups():

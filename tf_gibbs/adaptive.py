@@ -14,6 +14,7 @@ from tf_gibbs._keras import keras
 from tf_gibbs.core import adaptive as adaptive_core
 from tf_gibbs.core import l0 as l0_core
 from tf_gibbs.schedule import AdaptiveSchedule
+from tf_gibbs.schedule import check_bool
 from tf_gibbs.schedule import check_number
 
 BUDGETS = ("params", "flops")
@@ -109,9 +110,7 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     if budget_group is not None and not isinstance(budget_group, str):
       raise TypeError(f"`budget_group` must be None or a string, got {budget_group!r}.")
     self.budget_group = budget_group
-    if not isinstance(exact_budget, bool):
-      raise TypeError(f"`exact_budget` must be True or False, got {exact_budget!r}.")
-    self.exact_budget = exact_budget
+    self.exact_budget = check_bool(exact_budget, "exact_budget")
     super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
 
   # --- variables --------------------------------------------------------------------------------

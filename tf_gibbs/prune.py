@@ -20,6 +20,7 @@ from tf_gibbs._keras import keras
 from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import GibbsSchedule
 from tf_gibbs.schedule import L0Schedule
+from tf_gibbs.schedule import check_bool
 from tf_gibbs.schedule import check_number
 
 
@@ -274,8 +275,7 @@ def prune_adaptive(to_prune, target_sparsity, loss_weight=10.0, budget="params",
   check_number(loss_weight, "loss_weight", 0.0, False)
   check_number(r_lr_multiplier, "r_lr_multiplier", 0.0, False)
   min_weights = int(check_number(min_weights, "min_weights", 0, integer=True))
-  if not isinstance(exact_budget, bool):
-    raise TypeError(f"`exact_budget` must be True or False, got {exact_budget!r}.")
+  check_bool(exact_budget, "exact_budget")
   group = uuid.uuid4().hex
 
   def make_wrapper(layer, index):

@@ -9,6 +9,13 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_sch
 from tf_gibbs._keras import keras
 
 
+def check_bool(value, argument):
+  """Validates a Python bool, naming ``argument``."""
+  if not isinstance(value, bool):
+    raise TypeError(f"`{argument}` must be True or False, got {value!r}.")
+  return value
+
+
 def check_number(value, argument, low=None, low_inclusive=True, high=None, high_inclusive=False,
                   integer=False):
   """Validates a Python number, naming ``argument`` and the accepted range in the error."""
@@ -32,6 +39,15 @@ class _StepSchedule(pruning_schedule.PruningSchedule):
   ``begin_step`` on, a config made of the attributes named in ``CONFIG_KEYS``, and a repr."""
 
   CONFIG_KEYS = ()
+
+  def _set_steps(self, begin_step, end_step, allow_equal=False):
+    """Validates and sets ``begin_step`` (≥ 0) and ``end_step`` (> it, or ≥ if allowed)."""
+    self.begin_step = int(check_number(begin_step, "begin_step", 0, integer=True))
+    self.end_step = int(check_number(end_step, "end_step", integer=True))
+    if self.end_step < self.begin_step or (self.end_step == self.begin_step and not allow_equal):
+      relation = ">=" if allow_equal else ">"
+      raise ValueError(f"`end_step` must be {relation} `begin_step` ({self.begin_step}), "
+                       f"got {self.end_step}.")
 
   def sparsity(self, step):
     raise NotImplementedError
@@ -83,11 +99,7 @@ class GibbsSchedule(_StepSchedule):
     self.target_sparsity = float(check_number(target_sparsity, "target_sparsity", 0.0, True, 1.0))
     self.beta_begin = float(check_number(beta_begin, "beta_begin", 0.0, False))
     self.beta_end = float(check_number(beta_end, "beta_end", 0.0, False))
-    self.begin_step = int(check_number(begin_step, "begin_step", 0, integer=True))
-    self.end_step = int(check_number(end_step, "end_step", integer=True))
-    if self.end_step < self.begin_step:
-      raise ValueError(f"`end_step` must be >= `begin_step` ({self.begin_step}), "
-                       f"got {self.end_step}.")
+    self._set_steps(begin_step, end_step, allow_equal=True)
     if initial_sparsity is None:
       initial_sparsity = self.target_sparsity
     self.initial_sparsity = float(
@@ -180,11 +192,7 @@ class L0Schedule(_StepSchedule):
     if target_sparsity is not None:
       target_sparsity = float(check_number(target_sparsity, "target_sparsity", 0.0, True, 1.0))
     self.target_sparsity = target_sparsity
-    self.begin_step = int(check_number(begin_step, "begin_step", 0, integer=True))
-    self.end_step = int(check_number(end_step, "end_step", integer=True))
-    if self.end_step <= self.begin_step:
-      raise ValueError(f"`end_step` must be > `begin_step` ({self.begin_step}), "
-                       f"got {self.end_step}.")
+    self._set_steps(begin_step, end_step)
     self.ramp_steps = int(check_number(ramp_steps, "ramp_steps", 0, integer=True))
     self.power = float(check_number(power, "power", 0.0, False))
     self.budget_gain = float(check_number(budget_gain, "budget_gain", 0.0, False))
@@ -247,11 +255,7 @@ class AdaptiveSchedule(_StepSchedule):
 
   def __init__(self, target_sparsity=0.9, begin_step=0, end_step=10000):
     self.target_sparsity = float(check_number(target_sparsity, "target_sparsity", 0.0, True, 1.0))
-    self.begin_step = int(check_number(begin_step, "begin_step", 0, integer=True))
-    self.end_step = int(check_number(end_step, "end_step", integer=True))
-    if self.end_step <= self.begin_step:
-      raise ValueError(f"`end_step` must be > `begin_step` ({self.begin_step}), "
-                       f"got {self.end_step}.")
+    self._set_steps(begin_step, end_step)
 
   def sparsity(self, step):
     del step
