@@ -27,3 +27,13 @@ def compile_model(model, jit_compile=False):
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 jit_compile=jit_compile)
   return model
+
+
+def litert_predict(model, x):
+  """Converts a (stripped) tf_keras model to TFLite and runs it with LiteRT on ``x``."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+  runner = Interpreter(model_content=flatbuffer).get_signature_runner()
+  name = next(iter(runner.get_input_details()))
+  return next(iter(runner(**{name: x}).values()))

@@ -10,6 +10,7 @@ import tf_keras as keras
 
 import tf_gibbs
 from helpers import compile_model
+from helpers import litert_predict
 from helpers import random_data
 from helpers import small_cnn
 from tf_gibbs.core import adaptive as adaptive_core
@@ -161,12 +162,8 @@ def test_strip_before_the_freeze_thresholds_at_the_live_r():
 
 
 def test_tflite_of_the_stripped_model_predicts_like_keras():
-  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   model, x, _ = _trained()
-  flatbuffer = tf.lite.TFLiteConverter.from_keras_model(tf_gibbs.strip_pruning(model)).convert()
-  runner = Interpreter(model_content=flatbuffer).get_signature_runner()
-  name = next(iter(runner.get_input_details()))
-  lite = next(iter(runner(**{name: x}).values()))
+  lite = litert_predict(tf_gibbs.strip_pruning(model), x)
   np.testing.assert_allclose(lite, model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
 
 

@@ -15,22 +15,18 @@ from tf_gibbs.core import adaptive as adaptive_core
 from tf_gibbs.core import l0 as l0_core
 from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import check_bool
+from tf_gibbs.schedule import check_choice
 from tf_gibbs.schedule import check_number
 
 BUDGETS = ("params", "flops")
 
 
 def check_budget(budget):
-  if budget not in BUDGETS:
-    raise ValueError(f"Unknown budget={budget!r}; accepted values: {list(BUDGETS)}.")
-  return budget
+  return check_choice(budget, "budget", BUDGETS)
 
 
 def check_estimate(estimate):
-  if estimate not in adaptive_core.ESTIMATES:
-    raise ValueError(f"Unknown estimate={estimate!r}; accepted values: "
-                     f"{list(adaptive_core.ESTIMATES)}.")
-  return estimate
+  return check_choice(estimate, "estimate", adaptive_core.ESTIMATES)
 
 
 def check_adaptive_schedule(schedule, argument="schedule"):

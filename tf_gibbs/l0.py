@@ -14,6 +14,7 @@ from tf_gibbs.core import gibbs as gibbs_core
 from tf_gibbs.core import l0 as l0_core
 from tf_gibbs.gibbs import LAYOUT_OF
 from tf_gibbs.schedule import L0Schedule
+from tf_gibbs.schedule import check_choice
 from tf_gibbs.schedule import check_number
 
 MODES = ("deterministic", "stochastic")
@@ -22,9 +23,7 @@ _ONLY_FIRST = tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 
 def check_mode(mode):
-  if mode not in MODES:
-    raise ValueError(f"Unknown mode={mode!r}; accepted values: {list(MODES)}.")
-  return mode
+  return check_choice(mode, "mode", MODES)
 
 
 def check_l0_schedule(schedule, argument="schedule"):

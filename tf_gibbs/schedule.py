@@ -9,6 +9,13 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_sch
 from tf_gibbs._keras import keras
 
 
+def check_choice(value, argument, accepted):
+  """Validates that ``value`` is one of ``accepted``, naming ``argument`` and the choices."""
+  if value not in accepted:
+    raise ValueError(f"Unknown {argument}={value!r}; accepted values: {list(accepted)}.")
+  return value
+
+
 def check_bool(value, argument):
   """Validates a Python bool, naming ``argument``."""
   if not isinstance(value, bool):
