@@ -56,6 +56,11 @@ def _connected_layers(start):
 class AdaptiveThreshold(wrapper_lib.PruningWrapper):
   """Hard-thresholds a layer's kernel at a learned multiple of its standard deviation.
 
+  Per-layer r and zero fraction reach the Keras logs through
+  :class:`tf_gibbs.UpdatePruningStep` (``r_<layer>``, ``sparsity_<layer>`` at each epoch end)
+  and TensorBoard through tfmot's ``PruningSummaries`` (the ``threshold`` and ``mask``
+  variables).
+
   Forward (training and inference): Ŵ = W · 1[|W| > b], b = clip(r, 0, 5) · std(W), with the
   straight-through gradients of :func:`tf_gibbs.core.adaptive.hard_threshold` (all weights keep
   learning; r learns through the pruned weights). At the schedule's ``end_step`` the mask
@@ -116,10 +121,18 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
         "r", shape=[], dtype=tf.float32, trainable=True,
         initializer=keras.initializers.Constant(self.initial_r / self.r_lr_multiplier))
     params = weight.shape.num_elements()
-    output_shape = self.layer.compute_output_shape(self.layer._build_input_shape)  # pylint: disable=protected-access
+    output_shape = self.layer.compute_output_shape(self.layer._build_input_shape)
     positions = math.prod(int(d) for d in output_shape[1:-1])
     self.cost = {"params": params, "flops": params * positions}
+    # Kept fraction of the last training step's live threshold (the measured estimate's value).
+    self.kept_fraction = self.add_weight(
+        "kept_fraction", shape=[], dtype=tf.float32, initializer="ones", trainable=False,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     self.add_loss(self.budget_loss)
+
+  def clipped_r(self):
+    """The r in use, clip(r, 0, 5), as a Python float."""
+    return float(tf.clip_by_value(self.r, 0.0, adaptive_core.R_MAX))
 
   @property
   def r(self):
@@ -136,10 +149,12 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
                if isinstance(layer, AdaptiveThreshold) and layer.budget_group == self.budget_group]
     return sorted(members, key=lambda layer: layer.name)
 
-  def density(self, weight=None):
-    """Kept fraction d of this layer by its ``estimate`` (a scalar tensor)."""
-    weight = self.read_weight() if weight is None else weight
-    return adaptive_core.density(weight, self.r, self.estimate)
+  def density(self):
+    """Kept fraction d of this layer by its ``estimate`` (a scalar tensor with a gradient to r):
+    the erf estimate, or the kept fraction measured by the last training step (its value)."""
+    if self.estimate == "erf":
+      return adaptive_core.erf_density(self.r)
+    return adaptive_core.corrected_density(self.kept_fraction, self.r)
 
   def budget_loss(self):
     """λ (D − (1 − s))² for the whole group, from its first member; 0 from the others and
@@ -157,26 +172,17 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
 
   # --- hooks ------------------------------------------------------------------------------------
 
-  def call(self, inputs, training=None):
-    outputs = super().call(inputs, training=training)
-    # Per-layer r and zero fraction in the Keras logs (History, TensorBoard, progress bar).
-    self.add_metric(tf.clip_by_value(tf.stop_gradient(self.r), 0.0, adaptive_core.R_MAX),
-                    name=f"r_{self.layer.name}")
-    self.add_metric(1.0 - tf.reduce_mean(self.mask), name=f"sparsity_{self.layer.name}")
-    return outputs
-
-  def _live_threshold(self, weight):
+  def live_threshold(self, weight):
     return adaptive_core.threshold(weight, self.r)
 
-  def _freeze_threshold(self, weight):
+  def _freeze_threshold(self, b):
     """b at ``end_step``: the live one, or (``exact_budget``) the live one times the group's
     common scale that makes the measured weighted zero fraction exactly s."""
-    b = tf.stop_gradient(self._live_threshold(weight))
     if not self.exact_budget:
       return b
     members = self.budget_members()
     ratios = [tf.abs(m.read_weight()) / tf.maximum(tf.stop_gradient(
-        m._live_threshold(m.read_weight())), 1e-12) for m in members]  # pylint: disable=protected-access
+        m.live_threshold(m.read_weight())), 1e-12) for m in members]
     scale = adaptive_core.common_scale(ratios, [m.cost[self.budget] for m in members],
                                        self.pruning_schedule.target_sparsity)
     return scale * tf.maximum(b, 1e-12)
@@ -185,22 +191,25 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     should_prune, _ = self.pruning_schedule(step)
     finished = self.schedule_finished(step)
     freeze = tf.equal(tf.cast(step, tf.int64), self.pruning_schedule.end_step)
-    live = self._live_threshold(weight)
-    b = tf.cond(freeze, lambda: self._freeze_threshold(weight),
-                lambda: tf.where(finished, tf.identity(self.threshold), tf.stop_gradient(live)))
-    # Up to end_step the mask follows the live threshold; from then on it is frozen.
-    mask = tf.where(tf.logical_and(finished, tf.logical_not(freeze)), tf.identity(self.mask),
-                    adaptive_core.keep_mask(weight, b))
+    effective, live_mask, live_b, kept = adaptive_core.threshold_step(weight, self.r)
+    # Up to end_step the mask follows the live threshold; at it the (corrected) threshold and
+    # mask freeze.
+    def freeze_now():
+      b = self._freeze_threshold(live_b)
+      return b, adaptive_core.keep_mask(weight, b)
+
+    b, mask = tf.cond(freeze, freeze_now, lambda: (
+        tf.where(finished, tf.identity(self.threshold), live_b),
+        tf.where(finished, tf.identity(self.mask), live_mask)))
     mask = tf.where(should_prune, mask, tf.ones_like(mask))
-    updates = [self.threshold.assign(b), self.mask.assign(mask)]
+    updates = [self.threshold.assign(b), self.mask.assign(mask), self.kept_fraction.assign(kept)]
     with tf.control_dependencies(updates):
-      thresholded = tf.where(finished, weight * mask, adaptive_core.hard_threshold(weight, live))
-      return tf.where(should_prune, thresholded, weight)
+      return tf.where(should_prune, tf.where(finished, weight * mask, effective), weight)
 
   def deterministic_weight(self, weight, step):
     """W · 1[|W| > r·std(W)] before ``end_step``; W · (frozen mask) from then on."""
     should_prune, _ = self.pruning_schedule(step)
-    live = adaptive_core.keep_mask(weight, self._live_threshold(weight))
+    live = adaptive_core.keep_mask(weight, self.live_threshold(weight))
     mask = tf.where(self.schedule_finished(step), tf.identity(self.mask), live)
     return tf.where(should_prune, weight * mask, weight)
 
@@ -212,8 +221,7 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
         "estimate": self.estimate,
         "r_lr_multiplier": self.r_lr_multiplier,
         # Once built, the learned r (a clone from this config starts where this layer is).
-        "initial_r": (float(tf.clip_by_value(self.r, 0.0, adaptive_core.R_MAX)) if self.built
-                      else self.initial_r),
+        "initial_r": self.clipped_r() if self.built else self.initial_r,
         "budget_group": self.budget_group,
         "exact_budget": self.exact_budget,
     })

@@ -2,8 +2,11 @@
 
 import warnings
 
+import tensorflow as tf
+
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_callbacks
 
+from tf_gibbs import adaptive as adaptive_lib
 from tf_gibbs import gibbs as gibbs_lib
 
 
@@ -15,7 +18,9 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
   weight once its schedule is over, which makes ``tfmot.sparsity.keras.strip_pruning`` exact.
   tfmot's own callback does the same for tf_gibbs wrappers; this one also records the
   Gibbs inverse temperature as ``logs["beta"]`` (seen by ``History`` and TensorBoard) when all
-  Gibbs wrappers share it.
+  Gibbs wrappers share it, and each adaptive-threshold layer's r and zero fraction as
+  ``logs["r_<layer>"]`` and ``logs["sparsity_<layer>"]`` (read once per epoch, so they cost
+  no step time; put this callback before ``TensorBoard`` in the list to log them there).
   """
 
   def on_train_begin(self, logs=None):
@@ -32,3 +37,7 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
              if isinstance(layer, gibbs_lib.GibbsPruning)}
     if len(betas) == 1:
       logs["beta"] = betas.pop()
+    for layer in self.prunable_layers:
+      if isinstance(layer, adaptive_lib.AdaptiveThreshold):
+        logs[f"r_{layer.layer.name}"] = layer.clipped_r()
+        logs[f"sparsity_{layer.layer.name}"] = 1.0 - float(tf.reduce_mean(layer.mask))
