@@ -88,3 +88,22 @@ def test_common_scale_hits_the_weighted_zero_fraction(target):
   below = [v for r in ratios for v in r.astype("float32") if v < k]
   if below:
     assert fraction(max(below)) < target  # k is the smallest such value
+
+
+@pytest.mark.parametrize("estimate", ["erf", "measured"])
+def test_group_budget_loss_equals_the_per_layer_formula_with_its_gradients(estimate):
+  theta = tf.Variable([0.5, 1.2, 2.0])
+  multipliers = tf.constant([2.0, 1.0, 0.5])
+  kept = tf.constant([0.3, 0.2, 0.05])
+  costs = tf.constant([100.0, 400.0, 2500.0])
+  with tf.GradientTape(persistent=True) as tape:
+    fused = adaptive.group_budget_loss[estimate](theta, multipliers, kept, costs,
+                                                 tf.constant(0.8), tf.constant(10.0))
+    r = [m * tf.stop_gradient(t) + (t - tf.stop_gradient(t))
+         for m, t in zip(tf.unstack(multipliers), tf.unstack(theta))]
+    densities = [adaptive.erf_density(ri) if estimate == "erf"
+                 else adaptive.corrected_density(k, ri) for ri, k in zip(r, tf.unstack(kept))]
+    reference = 10.0 * adaptive.budget_loss(densities, costs.numpy().tolist(), 0.8)
+  assert float(fused) == pytest.approx(float(reference), rel=1e-5)
+  np.testing.assert_allclose(tape.gradient(fused, theta).numpy(),
+                             tape.gradient(reference, theta).numpy(), rtol=1e-5)

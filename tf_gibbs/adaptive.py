@@ -149,22 +149,19 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
                if isinstance(layer, AdaptiveThreshold) and layer.budget_group == self.budget_group]
     return sorted(members, key=lambda layer: layer.name)
 
-  def density(self):
-    """Kept fraction d of this layer by its ``estimate`` (a scalar tensor with a gradient to r):
-    the erf estimate, or the kept fraction measured by the last training step (its value)."""
-    if self.estimate == "erf":
-      return adaptive_core.erf_density(self.r)
-    return adaptive_core.corrected_density(self.kept_fraction, self.r)
-
   def budget_loss(self):
     """λ (D − (1 − s))² for the whole group, from its first member; 0 from the others and
     before ``begin_step`` / from ``end_step`` on."""
     members = self.budget_members()
     if members[0] is not self:
       return tf.constant(0.0)
-    loss = self.loss_weight * adaptive_core.budget_loss(
-        [m.density() for m in members], [m.cost[self.budget] for m in members],
-        self.pruning_schedule.target_sparsity)
+    loss = adaptive_core.group_budget_loss[self.estimate](
+        tf.stack([m.r_parameter for m in members]),
+        tf.constant([m.r_lr_multiplier for m in members], tf.float32),
+        tf.stack([m.kept_fraction for m in members]),
+        tf.constant([float(m.cost[self.budget]) for m in members], tf.float32),
+        tf.constant(self.pruning_schedule.target_sparsity, tf.float32),
+        tf.constant(self.loss_weight, tf.float32))
     step = self.pruning_step
     should_prune, _ = self.pruning_schedule(step)
     active = tf.logical_and(should_prune, tf.logical_not(self.schedule_finished(step)))
