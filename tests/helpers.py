@@ -37,3 +37,20 @@ def litert_predict(model, x):
   runner = Interpreter(model_content=flatbuffer).get_signature_runner()
   name = next(iter(runner.get_input_details()))
   return next(iter(runner(**{name: x}).values()))
+
+
+def reload(model, path, x, wrapper_type):
+  """Saves ``model`` to ``path``, loads it back with no custom objects, and checks that the
+  loaded model predicts the same on ``x`` and that every ``wrapper_type`` layer comes back as
+  that class with the same config. Returns the loaded model and (original, restored) pairs."""
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                             rtol=1e-6, atol=1e-6)
+  pairs = list(zip(*([l for l in m.layers if isinstance(l, wrapper_type)]
+                     for m in (model, loaded))))
+  assert pairs
+  for original, restored in pairs:
+    assert type(restored) is wrapper_type
+    assert restored.get_config() == original.get_config()
+  return loaded, pairs

@@ -12,6 +12,7 @@ import tf_gibbs
 from helpers import compile_model
 from helpers import litert_predict
 from helpers import random_data
+from helpers import reload
 from helpers import small_cnn
 from tf_gibbs.core import adaptive as adaptive_core
 
@@ -170,21 +171,15 @@ def test_tflite_of_the_stripped_model_predicts_like_keras():
 @pytest.mark.parametrize("filename", ["model.keras", "model.h5", "saved_model"])
 def test_save_load_keeps_thresholds_and_budget_and_resumes(tmp_path, filename):
   model, x, y = _trained(epochs=1, end_step=40)
-  path = str(tmp_path / filename)
-  model.save(path)
-  loaded = keras.models.load_model(path)
-  np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
-                             rtol=1e-6, atol=1e-6)
-  for original, restored in zip(_wrappers(model), _wrappers(loaded)):
-    assert type(restored) is tf_gibbs.AdaptiveThreshold
-    assert restored.get_config() == original.get_config()
+  loaded, pairs = reload(model, str(tmp_path / filename), x, tf_gibbs.AdaptiveThreshold)
+  for original, restored in pairs:
     assert float(restored.r) == float(original.r)
   # The budget group is found again in the loaded model: the same budget loss.
   assert float(tf.add_n(loaded.losses)) == pytest.approx(float(tf.add_n(model.losses)), rel=1e-6)
   assert float(tf.add_n(loaded.losses)) > 0
   for m in (model, loaded):
     m.fit(x, y, batch_size=16, epochs=1, callbacks=STEP, verbose=0, shuffle=False)
-  for original, restored in zip(_wrappers(model), _wrappers(loaded)):
+  for original, restored in pairs:
     assert int(restored.pruning_step) == int(original.pruning_step) == 8
     if filename != "saved_model":  # tf_keras' SavedModel loader drops the optimizer state
       assert float(restored.r) == pytest.approx(float(original.r), rel=1e-5)

@@ -12,6 +12,7 @@ import math
 
 import tensorflow as tf
 
+from tf_gibbs.core import l0
 from tf_gibbs.core.xla import nested_xla
 
 R_MAX = 5.0  # the reference code clamps r to [0, 5]
@@ -105,7 +106,11 @@ def budget_loss(densities, costs, target_sparsity):
   per-layer split is learned.
   """
   densities = tf.stack([tf.cast(d, tf.float32) for d in densities])
-  costs = tf.constant([float(c) for c in costs], tf.float32)
+  return _budget_error(densities, tf.constant([float(c) for c in costs], tf.float32),
+                       target_sparsity)
+
+
+def _budget_error(densities, costs, target_sparsity):
   total = tf.reduce_sum(costs * densities) / tf.reduce_sum(costs)
   return tf.square(total - (1.0 - target_sparsity))
 
@@ -115,14 +120,12 @@ def _group_budget_loss(r_parameters, multipliers, kept_fractions, costs, target_
   """λ · :func:`budget_loss` of a whole group from its stacked r parameters (r = m · θ, the
   gradient reaching θ unscaled, as :func:`tf_gibbs.core.l0.scaled_parameter`) and kept
   fractions: one small computation instead of a dozen scalar ops per layer."""
-  r = multipliers * tf.stop_gradient(r_parameters) + (
-      r_parameters - tf.stop_gradient(r_parameters))
+  r = l0.scaled_parameter(r_parameters, multipliers)
   if estimate == "erf":
     densities = erf_density(r)
   else:
     densities = corrected_density(kept_fractions, r)
-  total = tf.reduce_sum(costs * densities) / tf.reduce_sum(costs)
-  return loss_weight * tf.square(total - (1.0 - target_sparsity))
+  return loss_weight * _budget_error(densities, costs, target_sparsity)
 
 
 group_budget_loss = {
