@@ -37,3 +37,11 @@ def is_graph_model(model):
   """True for a Sequential or functional tf_keras model (not a subclassed one)."""
   return isinstance(model, keras.Model) and (
       isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False))
+
+
+def walk_layers(model):
+  """Yields the layers of ``model`` and, recursively, of the models nested in it."""
+  for layer in model.layers:
+    yield layer
+    if isinstance(layer, keras.Model):
+      yield from walk_layers(layer)

@@ -17,6 +17,7 @@ from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import is_graph_model
 from tf_gibbs._keras import keras
+from tf_gibbs._keras import walk_layers
 from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import GibbsSchedule
 from tf_gibbs.schedule import L0Schedule
@@ -37,19 +38,12 @@ def _skip_predicate(skip, model=None):
                     f"taking a layer and returning a bool; got {skip!r}.")
   names = set(names)
   if model is not None:
-    known = {layer.name for layer in _all_layers(model)}
+    known = {layer.name for layer in walk_layers(model)}
     unknown = sorted(names - known)
     if unknown:
       raise ValueError(f"`skip` names layers that are not in the model: {unknown}. "
                        f"Layers of the model: {sorted(known)}.")
   return lambda layer: layer.name in names
-
-
-def _all_layers(model):
-  for layer in model.layers:
-    yield layer
-    if isinstance(layer, keras.Model):
-      yield from _all_layers(layer)
 
 
 def _check_model(model, argument):
@@ -58,7 +52,7 @@ def _check_model(model, argument):
         f"`{argument}` is a subclassed model ({type(model).__name__}), which cannot be cloned "
         "layer by layer. Wrap the layers inside the model instead, e.g. "
         "`self.dense = tf_gibbs.prune_gibbs(tf_keras.layers.Dense(10))` in its __init__.")
-  wrapped = [layer.name for layer in _all_layers(model)
+  wrapped = [layer.name for layer in walk_layers(model)
              if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]
   if wrapped:
     raise ValueError(f"`{argument}` already contains pruning wrappers: {wrapped}. Strip them "
@@ -124,7 +118,7 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=Non
 
 
 def _layer_named(model, name):
-  return next(layer for layer in _all_layers(model) if layer.name == name)
+  return next(layer for layer in walk_layers(model) if layer.name == name)
 
 
 def _layer_seed(seed, index):

@@ -1,0 +1,410 @@
+"""Physical removal of pruned filters: a stripped model becomes a smaller dense model.
+
+Zeros in a dense kernel change neither the size nor the speed of a model. :func:`shrink` removes
+the output channels (filters of Conv1D/2D/3D, units of Dense, channels of DepthwiseConv2D) that
+carry no information and the matching input channels of every consumer.
+
+Which channels go. A channel is *constant* when its value does not depend on the model's input:
+a filter whose weights on every non-constant input channel are zero outputs act(b + c), c the
+contribution of constant input channels, everywhere; BatchNormalization, activations, pooling,
+dropout and elementwise merges of constant channels stay constant. A constant channel is not a
+zero channel (a zero filter followed by BatchNormalization outputs β − γμ/σ), so removing it
+alone would change the outputs. Instead, its contribution to each consumer is folded in:
+
+    y = act(W_K * x_K + b + W_R * c_R)
+
+(K kept, R removed input channels). For Dense layers, 'valid' or 1×1 convolutions W_R * c_R is a
+constant vector, added to the bias. For a 'same' (or causal) k×k convolution it differs near the
+borders, where zero padding meets the constants; there one constant channel j (the largest
+|c_j|) stays and carries the others, W'_j = Σ_{i ∈ R ∪ {j}} c_i W_i / c_j, which is exact at
+every position (the padding hides the same taps of every channel) for the cost of one input
+channel. The outputs therefore match the original model up to float rounding.
+
+Channels that must stay. Layers that map channel i to channel i (BatchNormalization, pooling,
+Add, ...) keep the same channels on their inputs and outputs, Concatenate and Flatten map kept
+channels to kept positions, and the model's inputs and outputs keep every channel: a constant
+channel tied to a non-constant one (a zero filter whose residual partner is not zero) stays.
+Layers tf_gibbs does not know (and shared layers) keep all channels of their inputs and outputs;
+the report returned with the model says which, and why.
+"""
+
+import numpy as np
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tf_gibbs._keras import check_not_keras3
+from tf_gibbs._keras import is_graph_model
+from tf_gibbs._keras import keras
+from tf_gibbs._keras import walk_layers
+
+L = keras.layers
+
+# Layers whose output channel i is a function of input channel i alone (channels last).
+_CHANNELWISE = (
+    L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU, L.PReLU,
+    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
+    L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
+    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+    L.Cropping1D, L.Cropping2D, L.Cropping3D, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
+    L.BatchNormalization)
+_MERGES = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
+_PRODUCERS = (L.Conv1D, L.Conv2D, L.Conv3D, L.Dense)
+_CROSS_CHANNEL_ACTIVATIONS = ("softmax", "log_softmax")
+
+
+def _uniform(values):
+  """Per channel: is ``values`` (1, ..., C) the same everywhere? Returns (bool[C], value[C])."""
+  flat = values.reshape(-1, values.shape[-1])
+  spread = flat.max(axis=0) - flat.min(axis=0)
+  scale = np.maximum(1.0, np.abs(flat).max(axis=0))
+  return spread <= 1e-6 * scale, flat[0]
+
+
+def _kind(layer, node_count):
+  """How shrink treats ``layer``: (kind, reason it is left as it is or None)."""
+  if node_count > 1:
+    return "fixed", "shared layer (called more than once)"
+  t = type(layer)
+  if t is L.InputLayer:
+    return "input", None
+  if getattr(layer, "data_format", "channels_last") != "channels_last":
+    return "fixed", "channels_first data format"
+  if t in _PRODUCERS:
+    if getattr(layer, "groups", 1) != 1:
+      return "fixed", "grouped convolution"
+    return "producer", None
+  if t is L.DepthwiseConv2D:
+    return "depthwise", None
+  if t in _CHANNELWISE:
+    if t is L.BatchNormalization and list(layer.axis) != [len(layer.input_shape) - 1]:
+      return "fixed", f"BatchNormalization over axis {layer.axis}, not the channel axis"
+    if t is L.Activation and getattr(layer.activation, "__name__", "") in \
+        _CROSS_CHANNEL_ACTIVATIONS:
+      return "fixed", "activation across channels"
+    return "channelwise", None
+  if t in _MERGES:
+    return "channelwise", None
+  if t is L.Concatenate:
+    rank = len(layer.output_shape)
+    return ("concat", None) if layer.axis in (-1, rank - 1) else ("channelwise", None)
+  if t is L.Flatten:
+    return "flatten", None
+  if t is L.Reshape:
+    in_shape, target = layer.input_shape[1:], tuple(layer.target_shape)
+    if None not in in_shape and target and target[-1] == in_shape[-1]:
+      return "channelwise", None
+    if None not in in_shape and len(target) == 1:
+      return "flatten", None
+    return "fixed", "Reshape that mixes the channel axis with others"
+  return "fixed", f"{t.__name__} is not a layer shrink knows how to slice"
+
+
+class _Graph:
+  """The functional graph of a model as nodes in an order where inputs come first."""
+
+  def __init__(self, model):
+    config = model.get_config()
+    self.model = model
+    self.config = config
+    self.layers = {layer.name: layer for layer in model.layers}
+    node_counts = {c["name"]: len(c["inbound_nodes"]) for c in config["layers"]}
+    self.nodes = []   # (layer_config, layer, node_index, [input keys], kwargs)
+    pending = [(c, i, node) for c in config["layers"]
+               for i, node in enumerate(c["inbound_nodes"] or [None])]
+    available = set()
+    while pending:
+      progress, rest = False, []
+      for c, i, node in pending:
+        inputs = [] if node is None else [tuple(entry[:3]) for entry in node]
+        if all(key in available for key in inputs):
+          kwargs = {} if node is None else dict(node[0][3]) if len(node) == 1 else {}
+          self.nodes.append((c, self.layers[c["name"]], i, inputs, kwargs))
+          layer = self.layers[c["name"]]
+          outputs = layer.output if node_counts[c["name"]] <= 1 else layer.get_output_at(i)
+          count = len(outputs) if isinstance(outputs, (list, tuple)) else 1
+          available.update((c["name"], i, t) for t in range(count))
+          progress = True
+        else:
+          rest.append((c, i, node))
+      if not progress:
+        raise ValueError("shrink: could not order the model's graph (a layer's inputs never "
+                         "become available).")
+      pending = rest
+    self.node_counts = node_counts
+    self.inputs = [tuple(k) for k in config["input_layers"]]
+    self.outputs = [tuple(k) for k in config["output_layers"]]
+
+
+def _as_list(x):
+  return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _call(layer, inputs, kwargs):
+  args = inputs[0] if len(inputs) == 1 else inputs
+  return layer(args, **{**kwargs, "training": False})
+
+
+def _probe(shape, cmask, cval):
+  """A batch-1 input whose constant channels hold their constants and the others zero."""
+  return np.broadcast_to(np.where(cmask, cval, 0.0), (1,) + shape).astype(np.float32)
+
+
+def shrink(model):
+  """Builds a smaller dense model without the constant (e.g. pruned) channels of ``model``.
+
+  Args:
+    model: a stripped Sequential or functional tf_keras model (no pruning wrappers), for
+      example ``tf_gibbs.strip_pruning(pruned)`` of a filter-, unit- or kernel-pruned model.
+
+  Returns:
+    ``(shrunk_model, report)``. ``shrunk_model`` is a new functional model with fresh layers
+    (layer names kept) whose outputs equal ``model``'s up to float rounding. ``report`` is a
+    dict: ``"layers"`` maps each Conv/Dense/DepthwiseConv2D layer to its output channels
+    ``before`` and ``after`` and the constant channels it had to ``keep``; ``"left_as_is"``
+    maps layers shrink could not slice to the reason; ``"carrier"`` maps each 'same'
+    convolution that needed one constant input channel to carry the removed ones to that
+    channel; ``"params_before"`` / ``"params_after"`` count all weights.
+
+  Raises:
+    TypeError: ``model`` is not a tf_keras model (e.g. a Keras 3 model).
+    ValueError: ``model`` is subclassed, not built, or still holds pruning wrappers.
+  """
+  check_not_keras3(model, "model")
+  if not isinstance(model, keras.Model):
+    raise TypeError(f"`model` must be a tf_keras Sequential or functional model, got "
+                    f"{type(model).__name__}.")
+  if not is_graph_model(model):
+    raise ValueError(f"shrink needs a Sequential or functional model; `model` is the "
+                     f"subclassed model {type(model).__name__}. Define it as a functional "
+                     "model (the layers and weights can be reused).")
+  if not model.built or not model.inputs:
+    raise ValueError("`model` is not built: give the Sequential model an Input (or call "
+                     "`model.build(input_shape)`) before shrinking it.")
+  wrapped = [layer.name for layer in walk_layers(model)
+             if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]
+  if wrapped:
+    raise ValueError(f"`model` still holds pruning wrappers {wrapped}: strip it first with "
+                     "`tf_gibbs.strip_pruning(model)`.")
+  if isinstance(model, keras.Sequential):
+    model = keras.Model(model.inputs, model.outputs, name=model.name)
+  graph = _Graph(model)
+  analysis = _analyze(graph)
+  return _rebuild(graph, analysis)
+
+
+def _analyze(graph):
+  """Constant channels of every tensor, then which channels every tensor keeps."""
+  shapes, cmask, cval = {}, {}, {}
+  kinds, left_as_is = {}, {}
+  links = []        # (in_key, out_key, in_index[], out_index[]): keep[out] == keep[in]
+  rng = np.random.RandomState(0)
+  values = {}       # a real forward pass (batch 1), for the shapes
+  forced = set()
+  for c, layer, i, inputs, kwargs in graph.nodes:
+    kind, reason = _kind(layer, graph.node_counts[c["name"]])
+    kinds[c["name"]] = kind
+    if reason:
+      left_as_is[c["name"]] = reason
+    if kind == "input":
+      shape = tuple(16 if d is None else d for d in layer.output_shape[0][1:])
+      values[(c["name"], 0, 0)] = rng.randn(1, *shape).astype(np.float32)
+      outs = [values[(c["name"], 0, 0)]]
+    else:
+      outs = [np.asarray(o) for o in _as_list(_call(layer, [values[k] for k in inputs],
+                                                     kwargs))]
+    out_keys = [(c["name"], i, t) for t in range(len(outs))]
+    for key, out in zip(out_keys, outs):
+      values[key] = out
+      shapes[key] = out.shape[1:]
+      cmask[key] = np.zeros(out.shape[-1], bool)
+      cval[key] = np.zeros(out.shape[-1])
+    if kind in ("input", "fixed"):
+      forced.update(inputs + out_keys)
+      continue
+    out_key = out_keys[0]
+    probes = [_probe(shapes[k], cmask[k], cval[k]) for k in inputs]
+    uniform, value = _uniform(np.asarray(_call(layer, probes, kwargs)))
+    if kind == "producer":
+      kernel = layer.kernel.numpy()
+      in_key = inputs[0]
+      varying_in = ~cmask[in_key]
+      reaches = np.abs(kernel[..., varying_in, :]).reshape(-1, kernel.shape[-1]).max(
+          axis=0, initial=0.0) > 0
+      const = ~reaches & uniform
+    elif kind == "depthwise":
+      kernel = layer.depthwise_kernel.numpy()
+      multiplier = kernel.shape[-1]
+      dead = np.abs(kernel).reshape(-1, *kernel.shape[-2:]).max(axis=0) == 0  # (C, m)
+      const = (dead | cmask[inputs[0]][:, None]).reshape(-1) & uniform
+      channels = np.arange(kernel.shape[-2])
+      links.append((inputs[0], out_key, np.repeat(channels, multiplier),
+                    np.arange(channels.size * multiplier)))
+    elif kind == "channelwise":
+      const = np.logical_and.reduce([cmask[k] for k in inputs]) & uniform
+      for k in inputs:
+        links.append((k, out_key, np.arange(cmask[k].size), np.arange(cmask[k].size)))
+    elif kind == "concat":
+      const = np.concatenate([cmask[k] for k in inputs])
+      value = np.concatenate([cval[k] for k in inputs])
+      offset = 0
+      for k in inputs:
+        n = cmask[k].size
+        links.append((k, out_key, np.arange(n), offset + np.arange(n)))
+        offset += n
+    elif kind == "flatten":
+      n = cmask[inputs[0]].size
+      repeats = int(np.prod(shapes[inputs[0]][:-1]))
+      const = np.tile(cmask[inputs[0]], repeats)
+      value = np.tile(cval[inputs[0]], repeats)
+      links.append((inputs[0], out_key, np.tile(np.arange(n), repeats),
+                    np.arange(n * repeats)))
+    cmask[out_key] = const
+    cval[out_key] = np.where(const, value, 0.0)
+  forced.update(graph.outputs)
+
+  keep = {key: ~m for key, m in cmask.items()}
+  for key in forced:
+    keep[key][:] = True
+  producers = [(layer, inputs[0]) for c, layer, i, inputs, _ in graph.nodes
+               if kinds[c["name"]] == "producer"]
+  carriers = {}
+  while True:
+    _propagate(keep, links)
+    added = False
+    for layer, in_key in producers:
+      if _carrier(layer, keep[in_key], cmask[in_key], cval[in_key]) == -1:
+        removed = np.flatnonzero(~keep[in_key])
+        chosen = removed[np.argmax(np.abs(cval[in_key][removed]))]
+        keep[in_key][chosen] = True
+        carriers[layer.name] = int(chosen)
+        added = True
+    if not added:
+      break
+  folds = {layer.name: _carrier(layer, keep[in_key], cmask[in_key], cval[in_key])
+           for layer, in_key in producers}
+  return {"shapes": shapes, "cmask": cmask, "cval": cval, "keep": keep, "kinds": kinds,
+          "left_as_is": left_as_is, "carriers": carriers, "folds": folds}
+
+
+def _propagate(keep, links):
+  """Grows the kept sets until every link holds: keep[out][o] == keep[in][i] for linked o, i."""
+  changed = True
+  while changed:
+    changed = False
+    for in_key, out_key, ins, outs in links:
+      merged = keep[in_key][ins] | keep[out_key][outs]
+      if not (np.array_equal(merged, keep[out_key][outs])
+              and np.array_equal(merged, keep[in_key][ins])):
+        changed = True
+        keep[out_key][outs] = merged
+        np.logical_or.at(keep[in_key], ins, merged)
+
+
+def _removed_contribution(layer, keep, cval):
+  """V = Σ_{i removed} c_i W[..., i, :]: what the removed (constant) input channels add per tap."""
+  kernel = layer.kernel.numpy()
+  removed = ~keep
+  return np.tensordot(kernel[..., removed, :], cval[removed], axes=([-2], [0]))
+
+
+def _carrier(layer, keep, cmask, cval):
+  """For a producer: None if the removed inputs fold into the bias; else the kept constant
+  input channel that carries them (-1 if there is none yet)."""
+  if not _border_dependent(layer) or not np.any(_removed_contribution(layer, keep, cval)):
+    return None
+  candidates = np.flatnonzero(keep & cmask & (cval != 0))
+  if not candidates.size:
+    return -1
+  return int(candidates[np.argmax(np.abs(cval[candidates]))])
+
+
+def _border_dependent(layer):
+  """True for convolutions whose zero padding makes constant inputs vary near the borders."""
+  if isinstance(layer, L.Dense) or layer.padding == "valid":
+    return False
+  return any(k > 1 for k in layer.kernel_size)
+
+
+def _rebuild(graph, a):
+  keep, cval = a["keep"], a["cval"]
+  tensors, weights_to_set, new_layers = {}, [], {}
+  report = {"layers": {}, "left_as_is": dict(a["left_as_is"]), "carrier": dict(a["carriers"]),
+            "params_before": int(graph.model.count_params())}
+  for c, layer, i, inputs, kwargs in graph.nodes:
+    name, kind = c["name"], a["kinds"][c["name"]]
+    cfg = dict(c["config"])
+    if kind == "input":
+      new = L.InputLayer.from_config(cfg)
+      tensors[(name, 0, 0)] = new.output
+      continue
+    args = [tensors[k] for k in inputs]
+    out_keys = [k for k in keep if k[0] == name and k[1] == i]
+    out_key = (name, i, 0)
+    weights = [w.numpy() for w in layer.weights]
+    if kind == "producer":
+      k_in, k_out = keep[inputs[0]], keep[out_key]
+      kernel = weights[0].copy()
+      bias = weights[1] if layer.use_bias else np.zeros(kernel.shape[-1], np.float32)
+      carrier = a["folds"][name]
+      contribution = _removed_contribution(layer, k_in, cval[inputs[0]])
+      if carrier is None:
+        bias = bias + contribution.reshape(-1, kernel.shape[-1]).sum(axis=0)
+      else:
+        kernel[..., carrier, :] += contribution / cval[inputs[0]][carrier]
+      kernel, bias = kernel[..., k_in, :][..., k_out], bias[k_out].astype(np.float32)
+      use_bias = layer.use_bias or bool(np.any(bias != 0))
+      key = "units" if isinstance(layer, L.Dense) else "filters"
+      cfg.update({key: int(k_out.sum()), "use_bias": use_bias})
+      new_weights = [kernel] + ([bias] if use_bias else [])
+      report["layers"][name] = _channel_entry(k_out, a["cmask"][out_key])
+    elif kind == "depthwise":
+      k_in = keep[inputs[0]]
+      kernel = weights[0][:, :, k_in, :]
+      new_weights = [kernel] + ([weights[1].reshape(k_in.size, -1)[k_in].reshape(-1)]
+                                if layer.use_bias else [])
+      report["layers"][name] = _channel_entry(keep[out_key], a["cmask"][out_key])
+    elif kind in ("channelwise", "concat", "flatten"):
+      channels = cval[inputs[0]].size
+      k_in = keep[inputs[0]]
+      new_weights = [w[..., k_in] if w.shape and w.shape[-1] == channels else w
+                     for w in weights]
+      if isinstance(layer, L.Reshape):
+        target = list(cfg["target_shape"])
+        target[-1] = int(keep[out_key].sum())
+        cfg["target_shape"] = tuple(target)
+    else:  # fixed
+      new_weights = weights
+    if name in new_layers:  # a shared layer's later call
+      new = new_layers[name]
+    else:
+      new = new_layers[name] = type(layer).from_config(cfg)
+      if new_weights:
+        weights_to_set.append((new, new_weights))
+    outputs = _call_symbolic(new, args, kwargs)
+    for key, out in zip(out_keys, _as_list(outputs)):
+      tensors[key] = out
+  shrunk = keras.Model([tensors[k] for k in graph.inputs], [tensors[k] for k in graph.outputs],
+                       name=graph.model.name)
+  for new, values in weights_to_set:
+    new.set_weights(values)
+  report["params_after"] = int(shrunk.count_params())
+  for name, entry in report["layers"].items():
+    if entry["kept_constant"]:
+      report["left_as_is"].setdefault(
+          name, f"{entry['kept_constant']} constant channel(s) kept: tied to channels that are "
+                "not constant (a residual Add, a Concatenate, the model output or a layer left "
+                "as is), or carrying removed constants into a 'same' convolution (see "
+                "'carrier')")
+  return shrunk, report
+
+
+def _channel_entry(keep, cmask):
+  return {"before": int(keep.size), "after": int(keep.sum()),
+          "kept_constant": int((keep & cmask).sum())}
+
+
+def _call_symbolic(layer, inputs, kwargs):
+  return layer(inputs[0] if len(inputs) == 1 else inputs, **kwargs)
