@@ -7,6 +7,8 @@ tensorflow-model-optimization, does not work with Keras 3 objects.
 from tf_gibbs import core
 from tf_gibbs.adaptive import AdaptiveThreshold
 from tf_gibbs.callbacks import UpdatePruningStep
+from tf_gibbs.export import export_tflite
+from tf_gibbs.export import run_tflite
 from tf_gibbs.gibbs import GibbsPruning
 from tf_gibbs.l0 import L0Gates
 from tf_gibbs.prune import prune_adaptive
@@ -14,9 +16,11 @@ from tf_gibbs.prune import prune_gibbs
 from tf_gibbs.prune import prune_l0
 from tf_gibbs.prune import prune_scope
 from tf_gibbs.prune import strip_pruning
+from tf_gibbs.report import sparsity_report
 from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import GibbsSchedule
 from tf_gibbs.schedule import L0Schedule
+from tf_gibbs.shrinking import shrink
 from tf_gibbs.wrapper import PruningWrapper
 
 __version__ = "0.1.0"
@@ -31,9 +35,13 @@ __all__ = [
     "PruningWrapper",
     "UpdatePruningStep",
     "core",
+    "export_tflite",
     "prune_adaptive",
     "prune_gibbs",
     "prune_l0",
     "prune_scope",
+    "run_tflite",
+    "shrink",
+    "sparsity_report",
     "strip_pruning",
 ]

@@ -1,0 +1,164 @@
+"""TFLite / LiteRT export of pruned models, and a LiteRT runner to check them."""
+
+import os
+import warnings
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+from tf_gibbs._keras import check_not_keras3
+from tf_gibbs._keras import keras
+from tf_gibbs._keras import walk_layers
+
+QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
+
+
+def is_wrapped(model):
+  """True if ``model`` (or a model nested in it) still holds tf_gibbs or tfmot wrappers."""
+  if isinstance(model, pruning_wrapper.PruneLowMagnitude):
+    return True
+  return any(isinstance(layer, pruning_wrapper.PruneLowMagnitude)
+             for layer in walk_layers(model))
+
+
+def _representative_dataset(data, argument="representative_data"):
+  """Turns an array, a list of arrays, a tf.data.Dataset or a generator function into the
+  converter's generator of input lists (one example per call, as TFLite calibrates)."""
+  if callable(data):
+    return data
+  if isinstance(data, tf.data.Dataset):
+    def generate():
+      for example in data.unbatch().take(500):
+        yield [tf.expand_dims(t, 0) for t in tf.nest.flatten(example)]
+    return generate
+  arrays = [np.asarray(a, np.float32) for a in (data if isinstance(data, (list, tuple))
+                                                 else [data])]
+  if not arrays or any(a.ndim < 1 or len(a) != len(arrays[0]) for a in arrays) or \
+      not len(arrays[0]):
+    raise ValueError(f"`{argument}` must be a non-empty batch of inputs (an array, or a list "
+                     "of arrays with one entry per model input).")
+
+  def generate():
+    for i in range(min(len(arrays[0]), 500)):
+      yield [a[i:i + 1] for a in arrays]
+  return generate
+
+
+def export_tflite(model, path=None, sparse=True, quantize=None, representative_data=None):
+  """Converts a pruned tf_keras model to a TFLite flatbuffer (and writes it to ``path``).
+
+  Wrapped models are stripped first (``tf_gibbs.strip_pruning``, which also unwraps tfmot's
+  wrappers); call :func:`tf_gibbs.shrink` before exporting to remove pruned filters physically.
+
+  Args:
+    model: a Sequential or functional tf_keras model, pruned, stripped or shrunk.
+    path: optional file to write the flatbuffer to (folders are created).
+    sparse: add ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``: the converter stores sparse
+      weight tensors in a compressed (block-sparse) format where that is smaller. With
+      ``quantize="dynamic"`` or ``"int8"`` the sparse int8 weights cannot be run by LiteRT's
+      default XNNPACK delegate, only by its built-in kernels (:func:`run_tflite` falls back).
+    quantize: None (float32), ``"dynamic"`` (dynamic-range: int8 weights, float activations),
+      ``"float16"`` (float16 weights) or ``"int8"`` (full integer kernels calibrated on
+      ``representative_data``; inputs and outputs stay float32).
+    representative_data: for ``quantize="int8"``: a batch of inputs (array, list of arrays),
+      a ``tf.data.Dataset`` of inputs, or a generator function as TFLite expects.
+
+  Returns:
+    The flatbuffer as bytes.
+  """
+  check_not_keras3(model, "model")
+  if not isinstance(model, keras.Model):
+    raise TypeError(f"`model` must be a tf_keras model, got {type(model).__name__}.")
+  if quantize not in QUANTIZE_MODES:
+    raise ValueError(f"`quantize` must be one of {QUANTIZE_MODES}, got {quantize!r}.")
+  if not isinstance(sparse, bool):
+    raise TypeError(f"`sparse` must be True or False, got {sparse!r}.")
+  if quantize == "int8" and representative_data is None:
+    raise ValueError("`quantize='int8'` needs `representative_data` (a batch of typical "
+                     "inputs) to calibrate the activation ranges.")
+  if quantize != "int8" and representative_data is not None:
+    raise ValueError("`representative_data` is used only with `quantize='int8'`; got "
+                     f"quantize={quantize!r}.")
+  if path is not None and not isinstance(path, (str, os.PathLike)):
+    raise TypeError(f"`path` must be a file path or None, got {type(path).__name__}.")
+  if is_wrapped(model):
+    from tf_gibbs.prune import strip_pruning  # pylint: disable=g-import-not-at-top
+    model = strip_pruning(model)
+  converter = tf.lite.TFLiteConverter.from_keras_model(model)
+  optimizations = []
+  if sparse:
+    optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+  if quantize is not None:
+    optimizations.append(tf.lite.Optimize.DEFAULT)
+  converter.optimizations = optimizations
+  if quantize == "float16":
+    converter.target_spec.supported_types = [tf.float16]
+  elif quantize == "int8":
+    converter.representative_dataset = _representative_dataset(representative_data)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  flatbuffer = converter.convert()
+  if path is not None:
+    folder = os.path.dirname(os.fspath(path))
+    if folder:
+      os.makedirs(folder, exist_ok=True)
+    with open(path, "wb") as f:
+      f.write(flatbuffer)
+  return flatbuffer
+
+
+def run_tflite(model, inputs, num_threads=None):
+  """Runs a TFLite model with LiteRT (``ai-edge-litert``) on a batch.
+
+  Args:
+    model: flatbuffer bytes or the path of a ``.tflite`` file.
+    inputs: an array for a one-input model, or a dict {input name: array}.
+    num_threads: LiteRT's CPU thread count (None: its default).
+
+  Returns:
+    The output array of a one-output model, else a dict {output name: array}.
+  """
+  try:
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+    from ai_edge_litert.interpreter import OpResolverType  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("run_tflite needs LiteRT: pip install 'tf_gibbs[litert]' "
+                      "(ai-edge-litert).") from e
+  if isinstance(model, (bytes, bytearray)):
+    source = {"model_content": bytes(model)}
+  elif isinstance(model, (str, os.PathLike)):
+    source = {"model_path": os.fspath(model)}
+  else:
+    raise TypeError(f"`model` must be flatbuffer bytes or a .tflite path, got "
+                    f"{type(model).__name__}.")
+  try:
+    return _run(Interpreter(num_threads=num_threads, **source), inputs)
+  except RuntimeError as e:
+    if "delegate" not in str(e):
+      raise
+  # LiteRT's default XNNPACK delegate cannot prepare sparse int8 weights (sparse=True with
+  # quantize="dynamic" or "int8"); the built-in kernels run them.
+  warnings.warn("run_tflite: the XNNPACK delegate cannot run this model (sparse quantized "
+                "weights); running it with LiteRT's built-in kernels instead.", stacklevel=2)
+  resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+  return _run(Interpreter(num_threads=num_threads, experimental_op_resolver_type=resolver,
+                          **source), inputs)
+
+
+def _run(interpreter, inputs):
+  runner = interpreter.get_signature_runner()
+  details = runner.get_input_details()
+  names = list(details)
+  if isinstance(inputs, dict):
+    unknown = sorted(set(inputs) - set(names))
+    if unknown or len(inputs) != len(names):
+      raise ValueError(f"`inputs` must give exactly the model's inputs {names}; got "
+                       f"{sorted(inputs)}.")
+    feed = dict(inputs)
+  else:
+    if len(names) != 1:
+      raise ValueError(f"The model has inputs {names}: pass `inputs` as a dict by name.")
+    feed = {names[0]: inputs}
+  feed = {k: np.asarray(v, details[k]["dtype"]) for k, v in feed.items()}
+  outputs = runner(**feed)
+  return next(iter(outputs.values())) if len(outputs) == 1 else dict(outputs)
