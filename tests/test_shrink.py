@@ -62,25 +62,36 @@ def sequential_cnn(padding="same"):
   ], name="sequential_cnn")
 
 
-def test_sequential_cnn_loses_its_zero_filters_and_keeps_its_outputs():
+@pytest.mark.parametrize("borders", ["map", "channel"])
+def test_sequential_cnn_loses_its_zero_filters_and_keeps_its_outputs(borders, tmp_path):
   model = sequential_cnn()
   _random_batchnorm(model)
   _random_biases(model)
   _zero_outputs(model, "conv1", [0, 2, 5])
   _zero_outputs(model, "conv2", [1, 4, 6, 7])
-  shrunk, report = tf_gibbs.shrink(model)
+  shrunk, report = tf_gibbs.shrink(model, borders=borders)
   assert _filters(shrunk, "conv2") == 4
-  # conv1's zero filters become nonzero constants after ReLU(bias) and BatchNormalization;
-  # they reach the 'same' conv2, so one of them stays to carry the others' border effects.
-  assert _filters(shrunk, "conv1") == 4
-  assert report["carrier"] == {"conv2": int(report["carrier"]["conv2"])}
   assert report["layers"]["conv2"] == {"before": 8, "after": 4, "kept_constant": 0}
+  # conv1's zero filters become nonzero constants after ReLU(bias) and BatchNormalization and
+  # reach the 'same' conv2, where zero padding makes their contribution vary near the borders.
+  if borders == "map":  # ... which a SpatialBias adds back before conv2's activation
+    assert _filters(shrunk, "conv1") == 3 and report["carrier"] == {}
+    assert report["spatial_bias"] == ["conv2_border"]
+    border = shrunk.get_layer("conv2_border")
+    assert border.input.node.layer.name == "conv2"
+    assert np.count_nonzero(border.bias.numpy()[1:-1, 1:-1]) == 0  # zero inside the image
+  else:  # ... or one of them stays and carries the others
+    assert _filters(shrunk, "conv1") == 4 and report["spatial_bias"] == []
+    assert report["carrier"] == {"conv2": int(report["carrier"]["conv2"])}
   assert shrunk.get_layer("logits").kernel.shape == (3 * 3 * 4, 10)
   assert report["params_after"] < report["params_before"] == model.count_params()
   x, _ = random_data(32)
   _assert_same_outputs(model, shrunk, x)
   np.testing.assert_allclose(litert_predict(shrunk, x), model.predict(x, verbose=0),
                              rtol=1e-4, atol=1e-4)
+  for filename in ("shrunk.keras", "shrunk.h5"):
+    shrunk.save(tmp_path / filename)
+    _assert_same_outputs(shrunk, keras.models.load_model(tmp_path / filename), x)
 
 
 def test_zero_filters_whose_constants_fold_into_the_bias_all_go():
@@ -107,19 +118,27 @@ def resnet_block():
   return keras.Model(inputs, L.Dense(5, name="logits")(h), name="resnet_block")
 
 
-def test_resnet_block_with_projection_shortcut():
+@pytest.mark.parametrize("borders", ["map", "channel"])
+def test_resnet_block_with_projection_shortcut(borders):
   model = resnet_block()
   _random_batchnorm(model, seed=1)
   _zero_outputs(model, "conv1", [1, 3, 4, 6])
   # Add ties conv2's and proj's channels: only channels zero in both can go.
   _zero_outputs(model, "conv2", [0, 2, 5])
   _zero_outputs(model, "proj", [2, 5, 7])
-  shrunk, report = tf_gibbs.shrink(model)
+  shrunk, report = tf_gibbs.shrink(model, borders=borders)
   assert _filters(shrunk, "conv2") == _filters(shrunk, "proj") == 6    # 2 and 5 go
   assert report["layers"]["conv2"]["kept_constant"] == 1                # channel 0
   assert report["layers"]["proj"]["kept_constant"] == 1                 # channel 7
-  assert _filters(shrunk, "conv1") in (4, 5)  # 4 removed, or 3 and a carrier
   assert "conv2" in report["left_as_is"] and "proj" in report["left_as_is"]
+  if borders == "map":
+    assert _filters(shrunk, "conv1") == 4
+    # conv2's map moved past bn2 and the Add (both affine), where it costs one addition
+    # after the BatchNormalization, which TFLite folds into conv2.
+    assert report["spatial_bias"] == ["conv2_border"]
+    assert isinstance(shrunk.get_layer("conv2_border").input.node.layer, L.Add)
+  else:
+    assert _filters(shrunk, "conv1") == 5 and list(report["carrier"]) == ["conv2"]
   _assert_same_outputs(model, shrunk, np.random.RandomState(0).randn(16, 8, 8, 3))
 
 
@@ -223,6 +242,8 @@ def test_pruned_filters_from_gibbs_training_are_removed_and_saved_model_reloads(
 def test_shrink_bad_input(make, error, pattern):
   with pytest.raises(error, match=pattern):
     tf_gibbs.shrink(make())
+  with pytest.raises(ValueError, match="`borders` must be one of"):
+    tf_gibbs.shrink(small_cnn(), borders="pad")
 
 
 def test_shrink_rejects_keras3():

@@ -15,10 +15,19 @@ alone would change the outputs. Instead, its contribution to each consumer is fo
 
 (K kept, R removed input channels). For Dense layers, 'valid' or 1×1 convolutions W_R * c_R is a
 constant vector, added to the bias. For a 'same' (or causal) k×k convolution it differs near the
-borders, where zero padding meets the constants; there one constant channel j (the largest
-|c_j|) stays and carries the others, W'_j = Σ_{i ∈ R ∪ {j}} c_i W_i / c_j, which is exact at
-every position (the padding hides the same taps of every channel) for the cost of one input
-channel. The outputs therefore match the original model up to float rounding.
+borders, where zero padding meets the constants. Two exact ways to keep that:
+
+* ``borders="map"`` (default): its value at the centre goes into the bias and the rest, a map
+  that is zero except near the borders, is added by a :class:`SpatialBias` layer. The map moves
+  past BatchNormalization (scaled by γ/√(σ²+ε)) and Add, so TFLite still folds the
+  BatchNormalization into the convolution: one addition per such convolution, and
+  H·W·C extra (mostly zero) parameters.
+* ``borders="channel"`` (and wherever the input size is not static): one removed constant
+  channel j (the largest |c_j|) stays and carries the others, W'_j = Σ_{i ∈ R ∪ {j}} c_i W_i / c_j,
+  exact at every position (the padding hides the same taps of every channel). Fewest
+  parameters, but an odd channel count (9 instead of 8) costs a whole SIMD tile on CPUs.
+
+The outputs therefore match the original model up to float rounding.
 
 Channels that must stay. Layers that map channel i to channel i (BatchNormalization, pooling,
 Add, ...) keep the same channels on their inputs and outputs, Concatenate and Flatten map kept
@@ -29,6 +38,7 @@ the report returned with the model says which, and why.
 """
 
 import numpy as np
+import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tf_gibbs._keras import check_not_keras3
@@ -53,6 +63,31 @@ _CHANNELWISE = (
 _MERGES = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 _PRODUCERS = (L.Conv1D, L.Conv2D, L.Conv3D, L.Dense)
 _CROSS_CHANNEL_ACTIVATIONS = ("softmax", "log_softmax")
+BORDERS = ("channel", "map")
+
+
+@keras.utils.register_keras_serializable(package="tf_gibbs")
+class SpatialBias(keras.layers.Layer):
+  """Adds a fixed map: y = x + B, B of shape ``x.shape[1:]`` (a non-trainable weight).
+
+  Written by :func:`shrink` with ``borders="map"`` where removed constant channels reach a
+  'same'-padded convolution: their contribution W_R * c_R differs near the image borders.
+  """
+
+  def __init__(self, bias_shape, **kwargs):
+    super().__init__(**kwargs)
+    self.bias_shape = tuple(int(d) for d in bias_shape)
+
+  def build(self, input_shape):
+    self.bias = self.add_weight("bias", shape=self.bias_shape, initializer="zeros",
+                                trainable=False)
+    super().build(input_shape)
+
+  def call(self, inputs):
+    return inputs + tf.cast(self.bias, inputs.dtype)
+
+  def get_config(self):
+    return {**super().get_config(), "bias_shape": list(self.bias_shape)}
 
 
 def _uniform(values):
@@ -152,12 +187,15 @@ def _probe(shape, cmask, cval):
   return np.broadcast_to(np.where(cmask, cval, 0.0), (1,) + shape).astype(np.float32)
 
 
-def shrink(model):
+def shrink(model, borders="map"):
   """Builds a smaller dense model without the constant (e.g. pruned) channels of ``model``.
 
   Args:
     model: a stripped Sequential or functional tf_keras model (no pruning wrappers), for
       example ``tf_gibbs.strip_pruning(pruned)`` of a filter-, unit- or kernel-pruned model.
+    borders: how constants removed before a 'same' convolution stay exact near the image
+      borders: ``"map"`` (a :class:`SpatialBias` after the convolution; fastest) or
+      ``"channel"`` (one constant channel kept; fewest parameters). See the module docstring.
 
   Returns:
     ``(shrunk_model, report)``. ``shrunk_model`` is a new functional model with fresh layers
@@ -166,7 +204,8 @@ def shrink(model):
     ``before`` and ``after`` and the constant channels it had to ``keep``; ``"left_as_is"``
     maps layers shrink could not slice to the reason; ``"carrier"`` maps each 'same'
     convolution that needed one constant input channel to carry the removed ones to that
-    channel; ``"params_before"`` / ``"params_after"`` count all weights.
+    channel; ``"spatial_bias"`` names the :class:`SpatialBias` layers added;
+    ``"params_before"`` / ``"params_after"`` count all weights.
 
   Raises:
     TypeError: ``model`` is not a tf_keras model (e.g. a Keras 3 model).
@@ -191,11 +230,13 @@ def shrink(model):
   if isinstance(model, keras.Sequential):
     model = keras.Model(model.inputs, model.outputs, name=model.name)
   graph = _Graph(model)
-  analysis = _analyze(graph)
+  if borders not in BORDERS:
+    raise ValueError(f"`borders` must be one of {BORDERS}, got {borders!r}.")
+  analysis = _analyze(graph, borders)
   return _rebuild(graph, analysis)
 
 
-def _analyze(graph):
+def _analyze(graph, borders):
   """Constant channels of every tensor, then which channels every tensor keeps."""
   shapes, cmask, cval = {}, {}, {}
   kinds, left_as_is = {}, {}
@@ -271,10 +312,13 @@ def _analyze(graph):
   producers = [(layer, inputs[0]) for c, layer, i, inputs, _ in graph.nodes
                if kinds[c["name"]] == "producer"]
   carriers = {}
+  static = all(None not in tuple(t.shape)[1:] for t in graph.model.inputs)
   while True:
     _propagate(keep, links)
     added = False
     for layer, in_key in producers:
+      if borders == "map" and static:
+        continue
       if _carrier(layer, keep[in_key], cmask[in_key], cval[in_key]) == -1:
         removed = np.flatnonzero(~keep[in_key])
         chosen = removed[np.argmax(np.abs(cval[in_key][removed]))]
@@ -331,7 +375,20 @@ def _border_dependent(layer):
 def _rebuild(graph, a):
   keep, cval = a["keep"], a["cval"]
   tensors, weights_to_set, new_layers = {}, [], {}
+  pending = {}  # tensor key -> (border map still to add to it, layer it comes from)
+  consumers = {}
+  for k in [k for node in graph.nodes for k in node[3]] + graph.outputs:
+    consumers[k] = consumers.get(k, 0) + 1
+
+  def materialize(key):
+    border_map, origin = pending.pop(key)
+    bias_layer = SpatialBias(border_map.shape, name=f"{origin}_border")
+    weights_to_set.append((bias_layer, [border_map.astype(np.float32)]))
+    tensors[key] = bias_layer(tensors[key])
+    report["spatial_bias"].append(bias_layer.name)
+
   report = {"layers": {}, "left_as_is": dict(a["left_as_is"]), "carrier": dict(a["carriers"]),
+            "spatial_bias": [],
             "params_before": int(graph.model.count_params())}
   for c, layer, i, inputs, kwargs in graph.nodes:
     name, kind = c["name"], a["kinds"][c["name"]]
@@ -340,10 +397,10 @@ def _rebuild(graph, a):
       new = L.InputLayer.from_config(cfg)
       tensors[(name, 0, 0)] = new.output
       continue
-    args = [tensors[k] for k in inputs]
     out_keys = [k for k in keep if k[0] == name and k[1] == i]
     out_key = (name, i, 0)
     weights = [w.numpy() for w in layer.weights]
+    border_map = None
     if kind == "producer":
       k_in, k_out = keep[inputs[0]], keep[out_key]
       kernel = weights[0].copy()
@@ -352,8 +409,16 @@ def _rebuild(graph, a):
       contribution = _removed_contribution(layer, k_in, cval[inputs[0]])
       if carrier is None:
         bias = bias + contribution.reshape(-1, kernel.shape[-1]).sum(axis=0)
-      else:
+      elif carrier >= 0:
         kernel[..., carrier, :] += contribution / cval[inputs[0]][carrier]
+      else:  # borders="map": the value at the centre goes into the bias, the rest (zero
+        # except near the borders) into a SpatialBias.
+        full_map = _border_map(layer, cfg, kernel, ~k_in, cval[inputs[0]],
+                               a["shapes"][inputs[0]])
+        centre = full_map[tuple(d // 2 for d in full_map.shape[:-1])]
+        bias = bias + centre
+        border_map = (full_map - centre)[..., k_out]
+        cfg["activation"] = "linear"  # the map goes in before the activation
       kernel, bias = kernel[..., k_in, :][..., k_out], bias[k_out].astype(np.float32)
       use_bias = layer.use_bias or bool(np.any(bias != 0))
       key = "units" if isinstance(layer, L.Dense) else "filters"
@@ -377,6 +442,14 @@ def _rebuild(graph, a):
         cfg["target_shape"] = tuple(target)
     else:  # fixed
       new_weights = weights
+    deferred = []
+    for k in inputs:  # border maps move past BatchNormalization and Add (both affine)
+      if k in pending and consumers[k] == 1 and (
+          type(layer) is L.Add or (type(layer) is L.BatchNormalization and len(inputs) == 1)):
+        deferred.append(pending.pop(k))
+      elif k in pending:
+        materialize(k)
+    args = [tensors[k] for k in inputs]
     if name in new_layers:  # a shared layer's later call
       new = new_layers[name]
     else:
@@ -386,6 +459,19 @@ def _rebuild(graph, a):
     outputs = _call_symbolic(new, args, kwargs)
     for key, out in zip(out_keys, _as_list(outputs)):
       tensors[key] = out
+    if deferred:
+      border_map = sum(m for m, _ in deferred)
+      if type(layer) is L.BatchNormalization:
+        border_map = border_map * _batchnorm_scale(layer, keep[inputs[0]])
+      pending[out_key] = (border_map, deferred[0][1])
+    elif kind == "producer" and border_map is not None:
+      pending[out_key] = (border_map, name)
+      if layer.activation is not keras.activations.linear:
+        materialize(out_key)
+        tensors[out_key] = L.Activation(layer.activation, name=f"{name}_activation")(
+            tensors[out_key])
+  for key in list(pending):
+    materialize(key)
   shrunk = keras.Model([tensors[k] for k in graph.inputs], [tensors[k] for k in graph.outputs],
                        name=graph.model.name)
   for new, values in weights_to_set:
@@ -399,6 +485,22 @@ def _rebuild(graph, a):
                 "as is), or carrying removed constants into a 'same' convolution (see "
                 "'carrier')")
   return shrunk, report
+
+
+def _batchnorm_scale(layer, keep):
+  """dy/dx of BatchNormalization in inference: γ / √(σ² + ε) on the kept channels."""
+  gamma = layer.gamma.numpy()[keep] if layer.scale else 1.0
+  return gamma / np.sqrt(layer.moving_variance.numpy()[keep] + layer.epsilon)
+
+
+def _border_map(layer, cfg, kernel, removed, cval, input_shape):
+  """W_R * c_R at every output position: the removed constants through the zero-padded conv."""
+  linear = type(layer).from_config({**cfg, "activation": "linear", "use_bias": False,
+                                    "name": layer.name + "_border_probe"})
+  probe = _probe(input_shape, removed, cval)
+  linear.build(probe.shape)
+  linear.set_weights([kernel])
+  return np.asarray(linear(probe))[0]
 
 
 def _channel_entry(keep, cmask):
