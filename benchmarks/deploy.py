@@ -11,6 +11,8 @@ conv and projection except the stem; not the classifier), stripped, exported wit
    the kept-MAC fraction being MACs(shrunk) / MACs(dense) over all Conv/Dense layers, for the
    default ``borders="map"``; ``borders="channel"`` is printed beside it.
 2. Unstructured Gibbs at 90 %: target: gzipped sparse TFLite file ≤ 0.3 × the gzipped dense one.
+3. Why latency is not proportional to MACs on a SIMD CPU: one convolution's latency against its
+   number of output channels (XNNPACK computes output channels in tiles, 16 wide on AVX-512).
 
 The training data are random (CIFAR-10 cannot be downloaded here): this measures size and
 speed, which depend on the architecture and the zeros, not on accuracy. Training runs just long
@@ -170,6 +172,22 @@ def main(argv=None):
         f"{'MET' if size_ratio <= 0.3 else 'NOT MET'}")
   results["unstructured"] = {"size_ratio": size_ratio, "sparsity": sparsity,
                              "parity": sparse_parity}
+
+  print("\n== 3. One 3x3 'same' conv on 32x32x32 inputs: LiteRT latency against output channels")
+  channels = (8, 16, 17, 24, 31, 32)
+  convs = []
+  for filters in channels:
+    inputs = keras.Input((32, 32, 32))
+    convs.append(tf_gibbs.export_tflite(
+        keras.Model(inputs, keras.layers.Conv2D(filters, 3, padding="same")(inputs)),
+        sparse=False))
+  probe = np.random.RandomState(0).rand(1, 32, 32, 32).astype("float32")
+  times = latencies(convs, probe, args.runs // 2, args.threads)
+  print("output channels  " + "".join(f"{c:>9}" for c in channels))
+  print("latency (us)     " + "".join(f"{1e3 * t:>9.1f}" for t in times))
+  print("latency / MACs, relative to 32 channels  " + "".join(
+      f"{(t / c) / (times[-1] / 32):>6.2f}" for t, c in zip(times, channels)))
+  results["conv_latency_ms"] = dict(zip(channels, times))
   return results
 
 

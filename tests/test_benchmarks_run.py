@@ -6,6 +6,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import accuracy  # noqa: E402  pylint: disable=g-import-not-at-top
 import budget  # noqa: E402  pylint: disable=g-import-not-at-top
+import deploy  # noqa: E402  pylint: disable=g-import-not-at-top
 import overhead  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
@@ -41,3 +42,11 @@ def test_accuracy_benchmark_structured_rows_prune_whole_groups():
   assert set(results) == {("gibbs_kernel", 0.5), ("magnitude_filter", 0.5)}
   for (_, target), (_, _, measured) in results.items():
     assert abs(measured - target) < 1e-3
+
+
+def test_deploy_benchmark_runs_and_shrunk_models_match():
+  results = deploy.main(["--steps", "4", "--runs", "20"])
+  assert results["filter"]["parity"] < 1e-4
+  assert 0.3 < results["filter"]["kept_mac_fraction"] < 0.8
+  assert results["unstructured"]["parity"] < 1e-4
+  assert abs(results["unstructured"]["sparsity"] - 0.9) < 0.01

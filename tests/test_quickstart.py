@@ -11,6 +11,7 @@ import quickstart  # noqa: E402  pylint: disable=g-import-not-at-top
 
 def _check(result):
   assert result["max_litert_diff"] < 1e-4
+  assert result["max_shrink_diff"] < 1e-4
   assert result["litert_accuracy"] == pytest.approx(result["pruned_accuracy"], abs=1 / 360)
   assert result["pruned_accuracy"] == result["wrapped_accuracy"]
   assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
@@ -20,7 +21,7 @@ def _check(result):
 
 def test_quickstart_short_run(tmp_path):
   _check(quickstart.main(["--epochs", "2", "--verbose", "0", "--out_dir", str(tmp_path)]))
-  assert (tmp_path / "pruned.tflite").exists()
+  assert (tmp_path / "pruned.tflite").exists() and (tmp_path / "sparsity.png").exists()
 
 
 @pytest.mark.slow
