@@ -3,6 +3,7 @@
 import keras as keras3  # Keras 3, installed with TensorFlow
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
@@ -74,6 +75,17 @@ CASES = [
     (lambda: tf_gibbs.strip_pruning("model"), TypeError, "`model`"),
     (lambda: tf_gibbs.strip_pruning(Subclassed()), ValueError, "subclassed model"),
     (lambda: tf_gibbs.strip_pruning(_keras3_model()), TypeError, "Keras 3"),
+    (lambda: tf_gibbs.prune_gibbs(keras.Sequential()), ValueError, "found no layer to prune"),
+    (lambda: tf_gibbs.prune_l0(small_cnn(), granularity="block"), ValueError, "granularity"),
+    (lambda: tf_gibbs.prune_l0(small_cnn(), mode="sampled"), ValueError, "mode"),
+    (lambda: tf_gibbs.prune_adaptive(small_cnn(), 1.5), ValueError, "target_sparsity"),
+    (lambda: tf_gibbs.prune_adaptive(small_cnn(), 0.5, budget="energy"), ValueError, "budget"),
+    (lambda: tf_gibbs.L0Schedule(target_sparsity=-0.1), ValueError, "target_sparsity"),
+    (lambda: tf_gibbs.shrink(_model_with_wrapper()), ValueError, "strip it first"),
+    (lambda: tf_gibbs.shrink(small_cnn(), borders="none"), ValueError, "`borders`"),
+    (lambda: tf_gibbs.export_tflite(small_cnn(), quantize="int4"), ValueError, "`quantize`"),
+    (lambda: tf_gibbs.run_tflite(3, np.zeros(3)), TypeError, "flatbuffer bytes"),
+    (lambda: tf_gibbs.sparsity_report(_no_prunable_model()), ValueError, "no Conv1D"),
 ]
 
 
@@ -89,3 +101,100 @@ def test_update_pruning_step_warns_when_there_is_nothing_to_update():
   with pytest.warns(UserWarning, match="no pruning wrapper"):
     model.fit(np.ones((4, 4)), np.ones((4, 1)), verbose=0,
               callbacks=[tf_gibbs.UpdatePruningStep()])
+
+
+# --- numerical edge cases --------------------------------------------------------------------
+
+
+def _built(model):
+  model.build((None,) + tuple(model.input_shape[1:]))
+  return model
+
+
+def _wrappers(model):
+  return [l for l in model.layers if isinstance(l, tf_gibbs.PruningWrapper)]
+
+
+def _finish(model, step=10):
+  """Puts every wrapper past its schedule's end (as after training)."""
+  for w in _wrappers(model):
+    w.pruning_step.assign(step)
+  return model
+
+
+def _set_kernels(model, fn):
+  for w in _wrappers(model):
+    w.layer.kernel.assign(fn(w.layer.kernel.numpy()).astype("float32"))
+  return model
+
+
+def _nan_at_first(kernel, value=np.nan):
+  kernel = kernel.copy()
+  kernel.flat[0] = value
+  return kernel
+
+
+def _fit_once(model):
+  model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(True))
+  x = np.random.RandomState(0).randn(16, 8, 8, 1).astype("float32")
+  return model.fit(x, np.zeros(16), batch_size=8, epochs=1, verbose=0,
+                   callbacks=[tf_gibbs.UpdatePruningStep()])
+
+
+def _zeros(model):
+  """Zero count and size of every stripped kernel of the wrapped layers."""
+  names = {w.layer.name for w in _wrappers(model)}
+  return [(int((l.kernel.numpy() == 0).sum()), l.kernel.numpy().size)
+          for l in tf_gibbs.strip_pruning(model).layers if l.name in names]
+
+
+def _gibbs(sparsity=0.5, **kwargs):
+  return _built(tf_gibbs.prune_gibbs(small_cnn(), tf_gibbs.GibbsSchedule(
+      sparsity, end_step=4, **kwargs), seed=0))
+
+
+METHODS = {
+    "gibbs": _gibbs,
+    "l0": lambda: _built(tf_gibbs.prune_l0(small_cnn(), schedule=tf_gibbs.L0Schedule(
+        target_sparsity=0.5, end_step=4))),
+    "adaptive": lambda: _built(tf_gibbs.prune_adaptive(small_cnn(), 0.5, end_step=4,
+                                                       min_weights=10)),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_inf_weights_stop_training_and_stripping_with_a_clear_error(method, value):
+  model = _set_kernels(METHODS[method](), lambda k: _nan_at_first(k, value))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="has a NaN or Inf weight"):
+    _fit_once(model)
+  with pytest.raises(ValueError, match="NaN or Inf weights"):
+    tf_gibbs.strip_pruning(_finish(model))
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
+def test_all_equal_weights_still_give_the_exact_count(sparsity):
+  model = _finish(_set_kernels(_gibbs(sparsity), lambda k: np.full_like(k, 0.1)))
+  assert _zeros(model) == [(round(sparsity * n), n) for _, n in _zeros(model)]
+
+
+def test_target_zero_prunes_nothing():
+  model = _finish(_gibbs(0.0))
+  assert all(zeros == 0 for zeros, _ in _zeros(model))
+
+
+def test_a_one_weight_layer_keeps_round_p_n_weights():
+  for sparsity, expected in ((0.4, 0), (0.6, 1)):
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, name="one")])
+    pruned = _finish(_built(tf_gibbs.prune_gibbs(model, tf_gibbs.GibbsSchedule(
+        sparsity, end_step=4))))
+    assert _zeros(pruned) == [(expected, 1)]
+
+
+def test_huge_beta_trains_without_overflow_and_samples_the_magnitude_mask():
+  model = _gibbs(0.5, beta_begin=1e8, beta_end=1e8)
+  history = _fit_once(model)
+  assert np.isfinite(history.history["loss"]).all()
+  for w in _wrappers(model):  # at β = 1e8 the sampled mask is the magnitude mask
+    kernel = np.abs(w.layer.kernel.numpy())
+    assert w.mask.numpy().sum() == kernel.size - round(0.5 * kernel.size)

@@ -5,9 +5,11 @@ import warnings
 import tensorflow as tf
 
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_callbacks
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tf_gibbs import adaptive as adaptive_lib
 from tf_gibbs import gibbs as gibbs_lib
+from tf_gibbs._keras import keras
 
 
 class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
@@ -24,10 +26,20 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
   """
 
   def on_train_begin(self, logs=None):
-    super().on_train_begin(logs)
+    self.prunable_layers = pruning_wrapper.collect_prunable_layers(self.model)
     if not self.prunable_layers:
       warnings.warn("UpdatePruningStep: the model has no pruning wrapper; nothing to update.",
                     stacklevel=2)
+      return
+    # A newly created model's steps go from −1 to 0; a restored one keeps its steps. Wrappers
+    # not built yet (in a subclassed model they are built inside the first training step) are
+    # told to start at 0 (tfmot's callback reads the step of the first wrapper and fails there).
+    for layer in self.prunable_layers:
+      if not layer.built:
+        layer._initial_pruning_step = 0  # pylint: disable=protected-access
+    built = [layer for layer in self.prunable_layers if layer.built]
+    if built and int(built[0].pruning_step) == -1:
+      keras.backend.batch_set_value([(layer.pruning_step, 0) for layer in built])
 
   def on_epoch_end(self, batch, logs=None):
     super().on_epoch_end(batch, logs)

@@ -166,7 +166,10 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
                                 trainable=False, aggregation=_ONLY_FIRST)
     object.__setattr__(self, "pruning_vars", [(weight, mask, threshold)])
     self.pruning_step = self.add_weight(
-        "pruning_step", shape=[], initializer=keras.initializers.Constant(-1), dtype=tf.int64,
+        "pruning_step", shape=[], dtype=tf.int64,
+        # −1: "no step callback yet" (tfmot's convention); 0 when UpdatePruningStep met this
+        # wrapper before it was built (a subclassed model builds inside the first train step).
+        initializer=keras.initializers.Constant(getattr(self, "_initial_pruning_step", -1)),
         trainable=False, aggregation=_ONLY_FIRST)
     self.pruning_obj = _FinalWeightWriter(self)
     self.build_method_variables(weight)
@@ -190,8 +193,12 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
       step = self.pruning_step.assign_add(1)
       check = tf.debugging.assert_greater_equal(step, tf.constant(1, tf.int64),
                                                 message=_STEP_ERROR)
+      # A NaN or Inf weight would silently corrupt quantiles, energies and thresholds.
+      finite = tf.debugging.check_numerics(
+          weight, f"tf_gibbs: layer {self.layer.name!r} has a NaN or Inf weight; pruning "
+          "cannot rank it (check the learning rate, the loss, or the loaded weights)")
       with tf.control_dependencies([check]):
-        return self.training_weight(weight, tf.identity(step))
+        return self.training_weight(finite, tf.identity(step))
 
     def infer():
       return self.inference_weight(weight, tf.identity(self.pruning_step))
@@ -230,8 +237,16 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     return tf.greater_equal(tf.cast(step, tf.int64), end_step)
 
   def final_weight(self):
-    """The deployable weight at the current step, as a tensor (used by ``strip_pruning``)."""
-    return self.deterministic_weight(self.read_weight(), tf.identity(self.pruning_step))
+    """The deployable weight at the current step, as a tensor (used by ``strip_pruning``).
+
+    Raises:
+      ValueError: the weight holds NaN or Inf (eagerly; no mask of NaNs is ever returned).
+    """
+    weight = self.read_weight()
+    if tf.executing_eagerly() and not bool(tf.reduce_all(tf.math.is_finite(weight))):
+      raise ValueError(f"Layer {self.layer.name!r} has NaN or Inf weights: they cannot be "
+                       "pruned by magnitude. Fix or reload the weights before stripping.")
+    return self.deterministic_weight(weight, tf.identity(self.pruning_step))
 
   def write_final_weight(self):
     """Once the schedule is over, writes the deployable weight into the variable.

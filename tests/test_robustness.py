@@ -1,0 +1,206 @@
+"""Every method under XLA, mixed precision, tf.distribute and an interrupted-and-resumed fit."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import tf_gibbs
+from helpers import random_data
+from helpers import small_cnn
+
+TARGET = 0.5
+END_STEP = 6  # 64 examples, batch 16: the schedule ends in the 2nd epoch
+
+
+def _gibbs(hamiltonian, **kwargs):
+  def make():
+    schedule = tf_gibbs.GibbsSchedule(TARGET, beta_begin=1.0, beta_end=1e4, end_step=END_STEP)
+    skip = ["dense1", "logits"] if hamiltonian == "kernel" else None  # convolutions only
+    return tf_gibbs.prune_gibbs(small_cnn(), schedule, hamiltonian=hamiltonian, seed=3,
+                                skip=skip, **kwargs)
+  return make
+
+
+def _l0(granularity, mode):
+  def make():
+    schedule = tf_gibbs.L0Schedule(target_sparsity=TARGET, end_step=END_STEP, frequency=2)
+    return tf_gibbs.prune_l0(small_cnn(), granularity=granularity, mode=mode, seed=3,
+                             schedule=schedule,
+                             skip=["dense1", "logits"] if granularity == "filter" else None)
+  return make
+
+
+def _adaptive():
+  return tf_gibbs.prune_adaptive(small_cnn(), TARGET, end_step=END_STEP, min_weights=10,
+                                 r_lr_multiplier=1.0)
+
+
+METHODS = {
+    "gibbs": _gibbs("unstructured"),
+    "gibbs_kernel": _gibbs("kernel"),
+    "gibbs_filter": _gibbs("filter", mcmc_steps=5),
+    "l0_weight": _l0("weight", "deterministic"),
+    "l0_filter_stochastic": _l0("filter", "stochastic"),
+    "adaptive": _adaptive,
+}
+
+
+def _compile(model, jit_compile=False):
+  model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=jit_compile)
+  return model
+
+
+def _fit(model, epochs=2, callbacks=None):
+  """``callbacks``: the full list (default: just the step callback)."""
+  x, y = random_data(64)
+  return model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0,
+                   callbacks=[tf_gibbs.UpdatePruningStep()] if callbacks is None else callbacks)
+
+
+def _wrappers(model):
+  return [l for l in model.layers if isinstance(l, tf_gibbs.PruningWrapper)]
+
+
+def _sparsity(model):
+  """Zero fraction of the stripped kernels of the wrapped layers."""
+  names = {w.layer.name for w in _wrappers(model)}
+  kernels = [l.kernel.numpy() for l in tf_gibbs.strip_pruning(model).layers if l.name in names]
+  return sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels)
+
+
+def _weights(model):
+  return [np.array(w) for w in model.get_weights()]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_trains_under_xla_to_the_target(method):
+  model = _compile(METHODS[method](), jit_compile=True)
+  history = _fit(model)
+  assert np.all(np.isfinite(history.history["loss"]))
+  assert _sparsity(model) == pytest.approx(TARGET, abs=0.02)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("method", METHODS)
+def test_mixed_precision_keeps_the_pruning_state_in_float32(method, policy):
+  keras.mixed_precision.set_global_policy(policy)
+  try:
+    model = _compile(METHODS[method]())
+    history = _fit(model)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert np.all(np.isfinite(history.history["loss"]))
+  for wrapper in _wrappers(model):
+    assert wrapper.layer.compute_dtype == policy.split("_")[1]
+    own = wrapper._trainable_weights + wrapper._non_trainable_weights  # pylint: disable=protected-access
+    assert own and all(v.dtype in (tf.float32, tf.int64) for v in own)
+    assert all(not hasattr(v, "_variable") for v in own)  # never autocast
+    assert np.all(np.isin(wrapper.mask.numpy(), [0.0, 1.0]))
+  assert _sparsity(model) == pytest.approx(TARGET, abs=0.02)
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+  devices = tf.config.list_logical_devices("CPU")
+  if len(devices) < 2:
+    pytest.skip("needs two logical CPU devices (configured in conftest.py)")
+  # One strategy for the whole module: TensorFlow's CPU collectives misbehave when several
+  # MirroredStrategy objects run one after another in a process.
+  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_replicas_equal_one_device_with_the_same_global_batch(method, mirrored):
+  """Masks are drawn from stateless random numbers keyed by (seed, step), so both replicas use
+  the same mask; gradients are averaged over the global batch, so the distributed run is the
+  single-device run (up to float summation order)."""
+  keras.utils.set_random_seed(0)
+  single = _compile(METHODS[method]())
+  _fit(single)
+  keras.utils.set_random_seed(0)
+  with mirrored.scope():
+    distributed = _compile(METHODS[method]())
+  _fit(distributed)
+  for a, b in zip(_weights(single), _weights(distributed)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+  for wrapper in _wrappers(distributed):
+    replicas = [v.numpy() for v in wrapper.mask.values]
+    assert len(replicas) == 2
+    np.testing.assert_array_equal(replicas[0], replicas[1])
+    assert np.all(np.isin(replicas[0], [0.0, 1.0]))  # never an average of binary masks
+    steps = [int(v.numpy()) for v in wrapper.pruning_step.values]
+    assert steps[0] == steps[1] == 8
+
+
+class _Interrupt(keras.callbacks.Callback):
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch == 1:
+      raise RuntimeError("interrupted")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("order", ["pruning_first", "backup_first"])
+def test_interrupted_and_resumed_fit_equals_an_uninterrupted_one(method, order, tmp_path):
+  keras.utils.set_random_seed(0)
+  uninterrupted = _compile(METHODS[method]())
+  _fit(uninterrupted, epochs=3)
+
+  backup = str(tmp_path / "backup")
+
+  def callbacks(*extra):
+    step, restore = tf_gibbs.UpdatePruningStep(), keras.callbacks.BackupAndRestore(backup)
+    return [restore, step, *extra] if order == "backup_first" else [step, restore, *extra]
+
+  keras.utils.set_random_seed(0)
+  first = _compile(METHODS[method]())
+  with pytest.raises(RuntimeError, match="interrupted"):
+    _fit(first, epochs=3, callbacks=callbacks(_Interrupt()))
+  keras.backend.clear_session()
+  keras.utils.set_random_seed(1)  # a new process: other seeds, fresh variables
+  resumed = _compile(METHODS[method]())
+  _fit(resumed, epochs=3, callbacks=callbacks())
+  for w_resumed, w_uninterrupted in zip(_wrappers(resumed), _wrappers(uninterrupted)):
+    assert int(w_resumed.pruning_step) == int(w_uninterrupted.pruning_step) == 12
+  for a, b in zip(_weights(uninterrupted), _weights(resumed)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+class _Net(keras.Model):
+  """A subclassed model whose layers are wrapped where they are created."""
+
+  def __init__(self, wrap):
+    super().__init__()
+    self.conv = wrap(keras.layers.Conv2D(8, 3, activation="relu"))
+    self.flatten = keras.layers.Flatten()
+    self.logits = wrap(keras.layers.Dense(10))
+
+  def call(self, x):
+    return self.logits(self.flatten(self.conv(x)))
+
+
+SUBCLASS_WRAPS = {
+    "gibbs": lambda l: tf_gibbs.prune_gibbs(l, tf_gibbs.GibbsSchedule(TARGET, end_step=END_STEP)),
+    "l0": lambda l: tf_gibbs.prune_l0(l, schedule=tf_gibbs.L0Schedule(target_sparsity=TARGET,
+                                                                      end_step=END_STEP)),
+    "adaptive": lambda l: tf_gibbs.prune_adaptive(l, TARGET, end_step=END_STEP, min_weights=10),
+}
+
+
+@pytest.mark.parametrize("method", SUBCLASS_WRAPS)
+def test_wrappers_train_inside_a_subclassed_model_and_strip_layer_by_layer(method):
+  model = _compile(_Net(SUBCLASS_WRAPS[method]))  # not built before fit
+  history = _fit(model)
+  assert np.all(np.isfinite(history.history["loss"]))
+  assert int(model.conv.pruning_step) == int(model.logits.pruning_step) == 8
+  conv, logits = tf_gibbs.strip_pruning(model.conv), tf_gibbs.strip_pruning(model.logits)
+  for layer in (conv, logits):
+    assert (layer.kernel.numpy() == 0).sum() == round(TARGET * layer.kernel.numpy().size)
+  x, _ = random_data(16)
+  np.testing.assert_allclose(logits(keras.layers.Flatten()(conv(x))).numpy(),
+                             model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="subclassed model.*strip_pruning\\(wrapper\\)"):
+    tf_gibbs.strip_pruning(model)
