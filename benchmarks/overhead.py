@@ -1,6 +1,6 @@
 """Training-step time of Gibbs-pruned ResNet-20 divided by tfmot's prune_low_magnitude.
 
-  python benchmarks/overhead.py [--batch_sizes 128,16] [--steps N] [--xla] [--modes ...]
+  python benchmarks/overhead.py [--batch_sizes 128,16] [--steps N] [--xla off|on|both] [--modes ...]
 
 Both models are the same ResNet-20 (CIFAR-shaped random data), with the same layers wrapped
 (every conv and projection except the stem; not the classifier), trained in one process on the
@@ -10,7 +10,8 @@ tfmot uses ConstantSparsity(0.9) with its default mask update every 100 steps; G
 new mask at every step. L0 gates (modes ``l0`` = per weight, ``l0_filter``, ...): deterministic
 gates in budget mode (target 0.9), the most expensive L0 configuration (penalty, controller and
 the budget's ranking). Adaptive sparsity loss (mode ``adaptive``): ``prune_adaptive`` at a 0.9
-budget. Targets: Gibbs unstructured ≤ 1.10 (issue #2), kernel and filter ≤ 1.25 (issue #3),
+budget. Every model is timed without and with ``jit_compile=True`` (``--xla both``, the default; tfmot
+is compiled the same way as the others). Targets: Gibbs unstructured ≤ 1.10 (issue #2), kernel and filter ≤ 1.25 (issue #3),
 L0 ≤ 1.15 (issue #4), adaptive ≤ 1.10 (issue #5), at batch 128 and at batch 16. Then prints the cost of one mask sample against the
 kernel size (3×3, 5×5, 7×7) for every Hamiltonian.
 """
@@ -139,7 +140,8 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=0,
                       help="timed steps per model (default: 120 at batch < 64, else 40)")
   parser.add_argument("--depth", type=int, default=20)
-  parser.add_argument("--xla", action="store_true", help="compile all with jit_compile=True")
+  parser.add_argument("--xla", default="both", choices=("off", "on", "both"),
+                      help="compile with jit_compile=False, True, or time both (default)")
   parser.add_argument("--modes",
                       default="unstructured,kernel,filter_chromatic,filter_exact,l0,l0_filter,adaptive",
                       help="Gibbs Hamiltonians (and filter samplers), and L0 gates "
@@ -148,23 +150,31 @@ def main(argv=None):
                       help="kernel sizes for the sampler-cost table ('' to skip it)")
   args = parser.parse_args(argv)
 
-  keras.utils.set_random_seed(0)
-  models = {"tfmot": _prepare(tfmot_model(args.depth), args.xla)}
-  for name in args.modes.split(","):
-    label = name if name.startswith(("l0", "adaptive")) else f"gibbs_{name}"
-    models[label] = _prepare(make_model(name, args.depth), args.xla)
-  print(f"ResNet-{args.depth}, CIFAR-shaped input, xla={args.xla}; step times of "
-        f"{args.steps or '120 (batch < 64) / 40'} interleaved steps per model and batch size")
-  print(f"{'method':<22} {'batch':>5} {'p20 ms':>8} {'p20 ratio':>10} {'median ms':>10} "
-        f"{'median ratio':>13}")
   results = {}
-  for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-    steps = args.steps if args.steps else (40 if batch_size >= 64 else 120)
-    timing = measure(models, batch_size, steps)
-    for name, (low, low_ratio, mid, mid_ratio) in timing.items():
-      results[(name, batch_size)] = low_ratio
-      print(f"{name:<22} {batch_size:>5} {1e3 * low:>8.1f} {low_ratio:>10.3f} {1e3 * mid:>10.1f} "
-            f"{mid_ratio:>13.3f}")
+  for xla in {"off": [False], "on": [True], "both": [False, True]}[args.xla]:
+    keras.utils.set_random_seed(0)
+    models = {"tfmot": _prepare(tfmot_model(args.depth), xla)}
+    for name in args.modes.split(","):
+      label = name if name.startswith(("l0", "adaptive")) else f"gibbs_{name}"
+      models[label] = _prepare(make_model(name, args.depth), xla)
+    print(f"\nResNet-{args.depth}, CIFAR-shaped input, jit_compile={xla} (tfmot too); step "
+          f"times of {args.steps or '120 (batch < 64) / 40'} interleaved steps per model and "
+          "batch size")
+    print(f"{'method':<22} {'batch':>5} {'p20 ms':>8} {'p20 ratio':>10} {'median ms':>10} "
+          f"{'median ratio':>13}")
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+      steps = args.steps if args.steps else (40 if batch_size >= 64 else 120)
+      timing = measure(models, batch_size, steps)
+      for name, (low, low_ratio, mid, mid_ratio) in timing.items():
+        results[(name, batch_size) + (("xla",) if xla else ())] = low_ratio
+        results[(name, batch_size, "ms") + (("xla",) if xla else ())] = 1e3 * low
+        print(f"{name:<22} {batch_size:>5} {1e3 * low:>8.1f} {low_ratio:>10.3f} "
+              f"{1e3 * mid:>10.1f} {mid_ratio:>13.3f}")
+    del models
+  if args.xla == "both":
+    print("\nXLA speed-up (p20 step time without XLA / with XLA)")
+    for key in [k for k in results if len(k) == 3 and k[2] == "ms"]:
+      print(f"{key[0]:<22} {key[1]:>5} {results[key] / results[key + ('xla',)]:>8.2f}")
   if args.sampler_sizes:
     sizes = [int(k) for k in args.sampler_sizes.split(",")]
     costs = sampler_cost(sizes)

@@ -22,11 +22,12 @@ def test_accuracy_benchmark_runs_and_reaches_the_target_sparsity():
 
 def test_overhead_benchmark_runs():
   results = overhead.main(["--batch_sizes", "4", "--steps", "2", "--sampler_sizes", "3",
-                           "--modes", "unstructured,filter_chromatic,l0,l0_filter,adaptive"])
-  assert results[("tfmot", 4)] == 1.0
-  assert results[("gibbs_unstructured", 4)] > 0
-  assert results[("l0", 4)] > 0 and results[("l0_filter", 4)] > 0
-  assert results[("adaptive", 4)] > 0
+                           "--modes", "unstructured,l0,adaptive", "--xla", "both",
+                           "--depth", "8"])
+  for xla in ((), ("xla",)):
+    assert results[("tfmot", 4) + xla] == 1.0
+    for name in ("gibbs_unstructured", "l0", "adaptive"):
+      assert results[(name, 4) + xla] > 0 and results[(name, 4, "ms") + xla] > 0
 
 
 def test_budget_benchmark_hits_the_target_with_the_exact_correction():

@@ -1,5 +1,10 @@
 """Every method under XLA, mixed precision, tf.distribute and an interrupted-and-resumed fit."""
 
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -204,3 +209,34 @@ def test_wrappers_train_inside_a_subclassed_model_and_strip_layer_by_layer(metho
                              model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="subclassed model.*strip_pruning\\(wrapper\\)"):
     tf_gibbs.strip_pruning(model)
+
+
+def _free_ports(n):
+  sockets = [socket.socket() for _ in range(n)]
+  for s in sockets:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+@pytest.mark.parametrize("method", [
+    "gibbs",
+    pytest.param("l0_filter_stochastic", marks=pytest.mark.slow),
+    pytest.param("adaptive", marks=pytest.mark.slow)])
+def test_two_worker_processes_equal_one_process(method, tmp_path):
+  """MultiWorkerMirroredStrategy over two local worker processes (TF_CONFIG, gRPC on
+  localhost) trains like one process on the same global batch (tests/multiworker_worker.py)."""
+  worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiworker_worker.py")
+  ports = ",".join(str(p) for p in _free_ports(2))
+  runs = [subprocess.Popen([sys.executable, worker, method, index, ports, str(tmp_path)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+          for index in ("single", "0", "1")]
+  for run in runs:
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output.decode()[-3000:]
+  single, chief, other = (np.load(tmp_path / f"{i}.npz") for i in ("single", "0", "1"))
+  for key in single:
+    np.testing.assert_array_equal(chief[key], other[key])  # workers agree exactly
+    np.testing.assert_allclose(chief[key], single[key], rtol=1e-4, atol=1e-5)

@@ -38,7 +38,7 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
       if not layer.built:
         layer._initial_pruning_step = 0  # pylint: disable=protected-access
     built = [layer for layer in self.prunable_layers if layer.built]
-    if built and int(built[0].pruning_step) == -1:
+    if built and int(keras.backend.get_value(built[0].pruning_step)) == -1:
       keras.backend.batch_set_value([(layer.pruning_step, 0) for layer in built])
 
   def on_epoch_end(self, batch, logs=None):
