@@ -191,9 +191,14 @@ def test_a_one_weight_layer_keeps_round_p_n_weights():
     assert _zeros(pruned) == [(expected, 1)]
 
 
-def test_huge_beta_trains_without_overflow_and_samples_the_magnitude_mask():
-  model = _gibbs(0.5, beta_begin=1e8, beta_end=1e8)
-  history = _fit_once(model)
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_huge_beta_trains_without_overflow_and_samples_the_magnitude_mask(policy):
+  keras.mixed_precision.set_global_policy(policy)
+  try:
+    model = _gibbs(0.5, beta_begin=1e8, beta_end=1e8)
+    history = _fit_once(model)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
   assert np.isfinite(history.history["loss"]).all()
   for w in _wrappers(model):  # at β = 1e8 the sampled mask is the magnitude mask
     kernel = np.abs(w.layer.kernel.numpy())

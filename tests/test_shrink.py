@@ -156,6 +156,16 @@ def test_mlp_units():
   _assert_same_outputs(model, shrunk, np.random.RandomState(0).randn(20, 12))
 
 
+def test_a_zero_unit_under_softmax_is_not_constant():
+  model = keras.Sequential([keras.Input((6,)), L.Dense(5, activation="softmax", name="soft"),
+                            L.Dense(3, name="out")])
+  _random_biases(model)
+  _zero_outputs(model, "soft", [1, 2])  # softmax output 1 still varies with the others
+  shrunk, _ = tf_gibbs.shrink(model)
+  assert _filters(shrunk, "soft") == 5
+  _assert_same_outputs(model, shrunk, np.random.RandomState(0).randn(10, 6))
+
+
 def test_concatenate_and_depthwise_and_reshape():
   inputs = keras.Input((6, 6, 2))
   a = L.Conv2D(4, 1, name="a")(inputs)

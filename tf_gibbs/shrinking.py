@@ -275,6 +275,8 @@ def _analyze(graph, borders):
       reaches = np.abs(kernel[..., varying_in, :]).reshape(-1, kernel.shape[-1]).max(
           axis=0, initial=0.0) > 0
       const = ~reaches & uniform
+      if getattr(layer.activation, "__name__", "") in _CROSS_CHANNEL_ACTIVATIONS:
+        const[:] = False  # softmax(z)_j depends on every z
     elif kind == "depthwise":
       kernel = layer.depthwise_kernel.numpy()
       multiplier = kernel.shape[-1]
