@@ -15,6 +15,17 @@ def small_cnn(name="cnn"):
   return keras.Model(inputs, outputs, name=name)
 
 
+class Subclassed(keras.Model):
+  """A minimal subclassed model (one Dense layer), for the "subclassed model" errors."""
+
+  def __init__(self, units=2):
+    super().__init__()
+    self.fc = keras.layers.Dense(units)
+
+  def call(self, x):
+    return self.fc(x)
+
+
 def random_data(n=64, seed=0):
   rng = np.random.RandomState(seed)
   x = rng.randn(n, 8, 8, 1).astype("float32")

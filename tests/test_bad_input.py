@@ -8,17 +8,8 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 import tf_gibbs
+from helpers import Subclassed
 from helpers import small_cnn
-
-
-class Subclassed(keras.Model):
-
-  def __init__(self):
-    super().__init__()
-    self.fc = keras.layers.Dense(2)
-
-  def call(self, x):
-    return self.fc(x)
 
 
 def _keras3_model():

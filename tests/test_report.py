@@ -7,6 +7,7 @@ import tf_keras as keras
 import tf_gibbs
 from helpers import compile_model
 from helpers import random_data
+from helpers import Subclassed
 from helpers import small_cnn
 
 L = keras.layers
@@ -88,18 +89,8 @@ def test_report_strips_a_wrapped_model_and_prints_nothing_when_asked(capsys):
     assert rows[name]["zeros"] == round(0.75 * rows[name]["weights"])
 
 
-class _Subclassed(keras.Model):
-
-  def __init__(self):
-    super().__init__()
-    self.dense = L.Dense(4)
-
-  def call(self, x):
-    return self.dense(x)
-
-
 def test_report_of_a_subclassed_model_has_no_shrink_columns():
-  model = _Subclassed()
+  model = Subclassed(4)
   model(np.ones((2, 3), "float32"))
   report = tf_gibbs.sparsity_report(model, print_fn=None)
   assert report["shrink"] is None and report["layers"][0]["params_shrunk"] is None

@@ -8,6 +8,7 @@ import tf_gibbs
 from helpers import compile_model
 from helpers import litert_predict
 from helpers import random_data
+from helpers import Subclassed
 from helpers import small_cnn
 
 L = keras.layers
@@ -245,7 +246,7 @@ def test_pruned_filters_from_gibbs_training_are_removed_and_saved_model_reloads(
 
 @pytest.mark.parametrize("make,error,pattern", [
     (lambda: tf_gibbs.prune_gibbs(small_cnn()), ValueError, "strip it first"),
-    (lambda: _Subclassed(), ValueError, "subclassed"),
+    (lambda: Subclassed(), ValueError, "subclassed"),
     (lambda: L.Dense(3), TypeError, "tf_keras Sequential or functional"),
     (lambda: keras.Sequential([L.Dense(3)]), ValueError, "not built"),
 ])
@@ -261,13 +262,3 @@ def test_shrink_rejects_keras3():
   model = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
   with pytest.raises(TypeError, match="Keras 3"):
     tf_gibbs.shrink(model)
-
-
-class _Subclassed(keras.Model):
-
-  def __init__(self):
-    super().__init__()
-    self.dense = L.Dense(3)
-
-  def call(self, x):
-    return self.dense(x)

@@ -45,3 +45,10 @@ def walk_layers(model):
     yield layer
     if isinstance(layer, keras.Model):
       yield from walk_layers(layer)
+
+
+def wrapped_layer_names(model):
+  """Names of the pruning wrappers (tf_gibbs' or tfmot's) in ``model``, nested models included."""
+  from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper  # pylint: disable=g-import-not-at-top
+  return [layer.name for layer in walk_layers(model)
+          if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]

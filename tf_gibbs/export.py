@@ -9,7 +9,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import keras
-from tf_gibbs._keras import walk_layers
+from tf_gibbs._keras import wrapped_layer_names
 
 QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 
@@ -18,8 +18,7 @@ def is_wrapped(model):
   """True if ``model`` (or a model nested in it) still holds tf_gibbs or tfmot wrappers."""
   if isinstance(model, pruning_wrapper.PruneLowMagnitude):
     return True
-  return any(isinstance(layer, pruning_wrapper.PruneLowMagnitude)
-             for layer in walk_layers(model))
+  return bool(wrapped_layer_names(model))
 
 
 def _representative_dataset(data, argument="representative_data"):

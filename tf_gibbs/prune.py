@@ -18,6 +18,7 @@ from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import is_graph_model
 from tf_gibbs._keras import keras
 from tf_gibbs._keras import walk_layers
+from tf_gibbs._keras import wrapped_layer_names
 from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import GibbsSchedule
 from tf_gibbs.schedule import L0Schedule
@@ -52,8 +53,7 @@ def _check_model(model, argument):
         f"`{argument}` is a subclassed model ({type(model).__name__}), which cannot be cloned "
         "layer by layer. Wrap the layers inside the model instead, e.g. "
         "`self.dense = tf_gibbs.prune_gibbs(tf_keras.layers.Dense(10))` in its __init__.")
-  wrapped = [layer.name for layer in walk_layers(model)
-             if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]
+  wrapped = wrapped_layer_names(model)
   if wrapped:
     raise ValueError(f"`{argument}` already contains pruning wrappers: {wrapped}. Strip them "
                      "first (`tf_gibbs.strip_pruning`) or wrap the original model.")

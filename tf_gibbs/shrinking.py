@@ -39,12 +39,11 @@ the report returned with the model says which, and why.
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import is_graph_model
 from tf_gibbs._keras import keras
-from tf_gibbs._keras import walk_layers
+from tf_gibbs._keras import wrapped_layer_names
 
 L = keras.layers
 
@@ -222,8 +221,7 @@ def shrink(model, borders="map"):
   if not model.built or not model.inputs:
     raise ValueError("`model` is not built: give the Sequential model an Input (or call "
                      "`model.build(input_shape)`) before shrinking it.")
-  wrapped = [layer.name for layer in walk_layers(model)
-             if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]
+  wrapped = wrapped_layer_names(model)
   if wrapped:
     raise ValueError(f"`model` still holds pruning wrappers {wrapped}: strip it first with "
                      "`tf_gibbs.strip_pruning(model)`.")
