@@ -25,7 +25,7 @@ setup(
     extras_require={
         "examples": EXAMPLES,
         "litert": LITERT,
-        "test": ["pytest>=7"] + EXAMPLES + LITERT,
+        "test": ["pytest>=7", "scipy>=1.10,<2"] + EXAMPLES + LITERT,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

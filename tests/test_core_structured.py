@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 import tensorflow as tf
 
 from tf_gibbs.core import structured
@@ -86,7 +87,7 @@ def test_chromatic_sampler_agrees_with_exact_distribution():
   ones = lambda n: np.ones((NUM_SAMPLES, n))
   a, b = structured.sample_filter_chromatic(
       np.tile(fields_a, (NUM_SAMPLES, 1)), np.tile(fields_b, (NUM_SAMPLES, 1)), coupling, beta,
-      tf.random.stateless_uniform([sweeps, NUM_SAMPLES, 5], seed=[4, 0]), ones(2), ones(3))
+      tf.constant([4, 0]), sweeps, ones(2), ones(3))
   samples = np.concatenate([a.numpy(), b.numpy()], axis=1)
   configs, probs = _exact(_filter_energy(fields_a, fields_b, coupling), 5, beta)
   assert _empirical_tv(samples, configs, probs) < _tv_bound(len(configs), NUM_SAMPLES)
@@ -155,3 +156,20 @@ def test_filter_exact_sampler_at_large_beta_with_coupling_gives_the_ground_state
                                           _uniforms([1, 6], 9))
     sample = tuple(np.concatenate([a.numpy()[0], b.numpy()[0]]).astype(int))
     assert sample == configs[order[0]], (fields, coupling)
+
+
+def test_hash_uniforms_are_uniform_independent_and_keyed_by_seed_and_sweep():
+  shape = [64, 500]
+  all_draws = [structured.hash_uniform(tf.constant(s, tf.int64), i, shape).numpy()
+               for s in ([0, 0], [0, 1], [7, 0]) for i in range(3)]
+  for u in all_draws:
+    assert u.shape == (64, 500) and u.dtype == np.float32
+    assert 0.0 <= u.min() and u.max() < 1.0
+    assert scipy.stats.kstest(u.ravel(), "uniform").pvalue > 1e-4
+    assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.02  # neighbours
+  for i, a in enumerate(all_draws):  # every (seed, sweep) pair gives its own numbers
+    for b in all_draws[i + 1:]:
+      assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.02
+  np.testing.assert_array_equal(  # and the same numbers again for the same key
+      structured.hash_uniform(tf.constant([0, 1], tf.int64), 2, shape).numpy(),
+      structured.hash_uniform(tf.constant([0, 1], tf.int64), 2, shape).numpy())

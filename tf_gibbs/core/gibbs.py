@@ -5,8 +5,9 @@ from the weight magnitudes; see ``methods.md`` §1. A :class:`Hamiltonian` bundl
 needs of one energy: the exact sampler for training and the deterministic, exact-count mask for
 inference and deployment. Nothing here knows about Keras.
 
-Randomness is stateless (``tf.random.stateless_uniform``) and keyed by a ``seed`` tensor of shape
-[2]: the wrappers pass (layer seed, training step), so a step's mask is a pure function of the
+Randomness is stateless (``tf.random.stateless_uniform``; the chromatic filter sampler uses
+:func:`tf_gibbs.core.structured.hash_uniform`, a counter-based hash that XLA runs fast inside
+its sweep loop) and keyed by a ``seed`` tensor of shape [2]: the wrappers pass (layer seed, training step), so a step's mask is a pure function of the
 weights and the step. That makes resumed runs reproducible and gives every replica of a
 ``tf.distribute`` step the same mask, with no random-generator state to checkpoint.
 """
@@ -213,9 +214,8 @@ class FilterHamiltonian(Hamiltonian):
                                        tf.cast(beta, tf.float64), uniforms)
     else:
       start = tf.cast(tf.reduce_mean(squared, axis=[0, 1]) > threshold, tf.float32)[:, None]
-      uniforms = tf.random.stateless_uniform([self.mcmc_steps, filters, n * c_in], seed=seed)
       keep_a, keep_b = _chromatic(fields_a, fields_b, tf.constant(self.c, tf.float32),
-                                  tf.cast(beta, tf.float32), uniforms,
+                                  tf.cast(beta, tf.float32), seed, tf.constant(self.mcmc_steps),
                                   tf.broadcast_to(start, fields_a.shape),
                                   tf.broadcast_to(start, fields_b.shape))
     keep = tf.concat([tf.reshape(keep_a, [filters, n, half]),

@@ -22,6 +22,8 @@ term acts on ±1 spins, so at c = 0 the kernel-wise keep probability is σ(2β(w
 β of the unstructured energy — we keep the reference energy as written.
 """
 
+import math
+
 import tensorflow as tf
 
 _NEG = -1e300  # log(0) stand-in that keeps logaddexp finite (−inf − −inf would give NaN)
@@ -181,8 +183,33 @@ def sample_filter_spins(fields_a, fields_b, coupling, beta, uniforms):
   return tf.cast(keep_a, tf.float32), tf.cast(keep_b, tf.float32)
 
 
-def sample_filter_chromatic(fields_a, fields_b, coupling, beta, uniforms, start_a, start_b):
-  """The reference two-colour Gibbs sweep: ``uniforms.shape[0]`` sweeps from a start state.
+def _mix32(x):
+  """A 32-bit integer hash with full avalanche (C. Wellons' "lowbias32")."""
+  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+  x = x * tf.constant(0x7FEB352D, tf.uint32)
+  x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+  x = x * tf.constant(0x846CA68B, tf.uint32)
+  return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def hash_uniform(seed, index, shape):
+  """Uniforms in [0, 1) as a counter-based hash of (seed, index, position): 24 random bits each.
+
+  Used by the chromatic sampler instead of ``stateless_uniform``: drawn inside the sweep loop,
+  XLA's Philox generator took ~1 ms per sweep on CPU, and drawn up front for all sweeps, XLA
+  regenerated the whole tensor at every sweep inside a ``jit_compile=True`` training step.
+  """
+  seed = tf.cast(seed, tf.int64)
+  key = _mix32(tf.cast(tf.bitwise.bitwise_and(seed[0], 0xFFFFFFFF), tf.uint32)
+               + _mix32(tf.cast(tf.bitwise.bitwise_and(seed[1], 0xFFFFFFFF), tf.uint32)
+                        + _mix32(tf.cast(index, tf.uint32))))
+  count = tf.cast(tf.reshape(tf.range(math.prod(shape)), shape), tf.uint32)
+  bits = _mix32(_mix32(count + key) ^ key)
+  return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
+
+
+def sample_filter_chromatic(fields_a, fields_b, coupling, beta, seed, sweeps, start_a, start_b):
+  """The reference two-colour Gibbs sweep: ``sweeps`` sweeps from a start state.
 
   Each sweep updates colour A given S_B, then colour B given S_A, with
   P(s_i = −1 | S_other) = σ(β (b_i − c S_other)). Follows ``j201/gibbs-pruning``, which starts
@@ -191,7 +218,8 @@ def sample_filter_chromatic(fields_a, fields_b, coupling, beta, uniforms, start_
 
   Args:
     fields_a, fields_b, coupling, beta: as in :func:`sample_filter_spins`.
-    uniforms: float [steps, G, n_A + n_B].
+    seed: int tensor [2]; sweep i's uniforms are :func:`hash_uniform` (seed, i).
+    sweeps: the number of sweeps (int or int tensor).
     start_a, start_b: float {0,1} masks [G, n_A], [G, n_B] to start from.
 
   Returns:
@@ -213,6 +241,12 @@ def sample_filter_chromatic(fields_a, fields_b, coupling, beta, uniforms, start_
     keep_b = tf.cast(u[:, n_a:] >= prune_b, tf.float32)
     return keep_a, keep_b
 
-  start = (tf.cast(start_a, tf.float32), tf.cast(start_b, tf.float32))
-  keep_a, keep_b = tf.scan(sweep, uniforms, initializer=start)
-  return keep_a[-1], keep_b[-1]
+  shape = [fields_a.shape[0], n_a + fields_b.shape[-1]]
+
+  def body(i, keep_a, keep_b):
+    return (i + 1,) + sweep((keep_a, keep_b), hash_uniform(seed, i, shape))
+
+  _, keep_a, keep_b = tf.while_loop(
+      lambda i, *_: i < sweeps, body,
+      (tf.constant(0), tf.cast(start_a, tf.float32), tf.cast(start_b, tf.float32)))
+  return keep_a, keep_b
