@@ -65,3 +65,25 @@ def reload(model, path, x, wrapper_type):
     assert type(restored) is wrapper_type
     assert restored.get_config() == original.get_config()
   return loaded, pairs
+
+
+def check_strip(model, strip, x, wrapper_type):
+  """Strips ``model`` with ``strip`` (no warning allowed) and checks what every method owes:
+  no wrapper left, the wrapped model's predictions, and each stripped kernel zero exactly
+  where its wrapper's mask is. Then writes the final weights once more (what every epoch end
+  does) and checks that this changes nothing. Returns the stripped model and the wrappers."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  wrappers = [l for l in model.layers if isinstance(l, wrapper_type)]
+  wrapped_out = model.predict(x, verbose=0)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    stripped = strip(model)
+  assert not [l for l in stripped.layers if isinstance(l, wrapper_type)]
+  np.testing.assert_allclose(stripped.predict(x, verbose=0), wrapped_out, rtol=1e-5, atol=1e-6)
+  layers = {l.name: l for l in stripped.layers}
+  for w in wrappers:
+    np.testing.assert_array_equal(layers[w.layer.name].kernel.numpy() == 0, w.mask.numpy() == 0)
+  for w in wrappers:
+    w.write_final_weight()
+  np.testing.assert_allclose(model.predict(x, verbose=0), wrapped_out, rtol=1e-6, atol=1e-6)
+  return stripped, wrappers

@@ -1,7 +1,5 @@
 """Adaptive sparsity loss: thresholds in Keras, the global budget, strip, TFLite, save/load."""
 
-import warnings
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,6 +7,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 import tf_gibbs
+from helpers import check_strip
 from helpers import compile_model
 from helpers import litert_predict
 from helpers import random_data
@@ -134,19 +133,8 @@ def _trained(epochs=3, end_step=8):
 @pytest.mark.parametrize("strip", [tf_gibbs.strip_pruning, tfmot.sparsity.keras.strip_pruning])
 def test_both_strips_return_the_hard_thresholded_kernels(strip):
   model, x, _ = _trained()
-  wrapped_out = model.predict(x, verbose=0)
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    stripped = strip(model)
-  assert not _wrappers(stripped)
-  np.testing.assert_allclose(stripped.predict(x, verbose=0), wrapped_out, rtol=1e-5, atol=1e-6)
-  for w in _wrappers(model):
-    kernel = {l.name: l for l in stripped.layers}[w.layer.name].kernel.numpy()
-    np.testing.assert_array_equal(kernel == 0, w.mask.numpy() == 0)
+  stripped, _ = check_strip(model, strip, x, tf_gibbs.AdaptiveThreshold)
   assert abs(_zero_fraction(stripped, ["conv1", "conv2", "dense1", "logits"]) - 0.7) <= 0.005
-  for w in _wrappers(model):  # the epoch-end write is idempotent
-    w.write_final_weight()
-  np.testing.assert_allclose(model.predict(x, verbose=0), wrapped_out, rtol=1e-6, atol=1e-6)
 
 
 def test_strip_before_the_freeze_thresholds_at_the_live_r():
