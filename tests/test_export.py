@@ -4,6 +4,7 @@ import gzip
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 
 import tf_gibbs
@@ -61,6 +62,21 @@ def test_sparse_export_is_not_larger_and_quantized_exports_are_smaller_and_close
       assert got.dtype == np.float32
       assert np.abs(got - expected).max() < 0.1 * scale, quantize
       assert np.mean(got.argmax(-1) == expected.argmax(-1)) > 0.8, quantize
+
+
+def test_int8_calibration_data_as_a_dataset_or_a_generator(pruned):
+  model, x = pruned
+  expected = tf_gibbs.strip_pruning(model).predict(x, verbose=0)
+  dataset = tf.data.Dataset.from_tensor_slices(x).batch(8)
+
+  def generator():
+    for i in range(len(x)):
+      yield [x[i:i + 1]]
+
+  for data in (dataset, generator):
+    got = tf_gibbs.run_tflite(tf_gibbs.export_tflite(
+        model, sparse=False, quantize="int8", representative_data=data), x)
+    assert np.mean(got.argmax(-1) == expected.argmax(-1)) > 0.8
 
 
 def test_shrunk_export_matches_and_multi_input_models_run_by_name():

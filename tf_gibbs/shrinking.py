@@ -71,6 +71,9 @@ class SpatialBias(keras.layers.Layer):
 
   Written by :func:`shrink` with ``borders="map"`` where removed constant channels reach a
   'same'-padded convolution: their contribution W_R * c_R differs near the image borders.
+  Exact in inference; a map moved past BatchNormalization (scaled by its inference-time γ/σ)
+  is only approximately right if the shrunk model is fine-tuned with BatchNormalization in
+  training mode.
   """
 
   def __init__(self, bias_shape, **kwargs):
