@@ -26,6 +26,19 @@ class Subclassed(keras.Model):
     return self.fc(x)
 
 
+def wrappers(model, wrapper_type=None):
+  """The pruning wrappers among ``model``'s layers (of ``wrapper_type``; default: any)."""
+  import tf_gibbs  # pylint: disable=g-import-not-at-top
+  return [l for l in model.layers if isinstance(l, wrapper_type or tf_gibbs.PruningWrapper)]
+
+
+def digits(n=600):
+  """The first ``n`` of scikit-learn's 8x8 digits, scaled to [0, 1], with their labels."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  data = load_digits()
+  return (data.images[:n] / 16.0).astype("float32")[..., None], data.target[:n]
+
+
 def random_data(n=64, seed=0):
   rng = np.random.RandomState(seed)
   x = rng.randn(n, 8, 8, 1).astype("float32")
@@ -73,17 +86,17 @@ def check_strip(model, strip, x, wrapper_type):
   where its wrapper's mask is. Then writes the final weights once more (what every epoch end
   does) and checks that this changes nothing. Returns the stripped model and the wrappers."""
   import warnings  # pylint: disable=g-import-not-at-top
-  wrappers = [l for l in model.layers if isinstance(l, wrapper_type)]
+  own = wrappers(model, wrapper_type)
   wrapped_out = model.predict(x, verbose=0)
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     stripped = strip(model)
-  assert not [l for l in stripped.layers if isinstance(l, wrapper_type)]
+  assert not wrappers(stripped, wrapper_type)
   np.testing.assert_allclose(stripped.predict(x, verbose=0), wrapped_out, rtol=1e-5, atol=1e-6)
   layers = {l.name: l for l in stripped.layers}
-  for w in wrappers:
+  for w in own:
     np.testing.assert_array_equal(layers[w.layer.name].kernel.numpy() == 0, w.mask.numpy() == 0)
-  for w in wrappers:
+  for w in own:
     w.write_final_weight()
   np.testing.assert_allclose(model.predict(x, verbose=0), wrapped_out, rtol=1e-6, atol=1e-6)
-  return stripped, wrappers
+  return stripped, own

@@ -9,23 +9,19 @@ import tf_keras as keras
 import tf_gibbs
 from helpers import check_strip
 from helpers import compile_model
+from helpers import digits
 from helpers import litert_predict
 from helpers import random_data
 from helpers import reload
 from helpers import small_cnn
+from helpers import wrappers
 from tf_gibbs.core import adaptive as adaptive_core
 
 STEP = [tf_gibbs.UpdatePruningStep()]
 
 
 def _wrappers(model):
-  return [l for l in model.layers if isinstance(l, tf_gibbs.AdaptiveThreshold)]
-
-
-def _digits(n=600):
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  data = load_digits()
-  return (data.images[:n] / 16.0).astype("float32")[..., None], data.target[:n]
+  return wrappers(model, tf_gibbs.AdaptiveThreshold)
 
 
 def _zero_fraction(model, names, costs=None):
@@ -84,7 +80,7 @@ def test_straight_through_gradient_and_gradient_to_r():
 
 def _train_digits(target, epochs=6, **kwargs):
   keras.utils.set_random_seed(0)
-  x, y = _digits()
+  x, y = digits()
   kwargs.setdefault("end_step", 150)
   model = compile_model(tf_gibbs.prune_adaptive(small_cnn(), target, min_weights=0,
                                                 r_lr_multiplier=3.0, **kwargs))

@@ -10,6 +10,7 @@ import tf_keras as keras
 import tf_gibbs
 from helpers import Subclassed
 from helpers import small_cnn
+from helpers import wrappers
 
 
 def _keras3_model():
@@ -102,19 +103,15 @@ def _built(model):
   return model
 
 
-def _wrappers(model):
-  return [l for l in model.layers if isinstance(l, tf_gibbs.PruningWrapper)]
-
-
 def _finish(model, step=10):
   """Puts every wrapper past its schedule's end (as after training)."""
-  for w in _wrappers(model):
+  for w in wrappers(model):
     w.pruning_step.assign(step)
   return model
 
 
 def _set_kernels(model, fn):
-  for w in _wrappers(model):
+  for w in wrappers(model):
     w.layer.kernel.assign(fn(w.layer.kernel.numpy()).astype("float32"))
   return model
 
@@ -134,7 +131,7 @@ def _fit_once(model):
 
 def _zeros(model):
   """Zero count and size of every stripped kernel of the wrapped layers."""
-  names = {w.layer.name for w in _wrappers(model)}
+  names = {w.layer.name for w in wrappers(model)}
   return [(int((l.kernel.numpy() == 0).sum()), l.kernel.numpy().size)
           for l in tf_gibbs.strip_pruning(model).layers if l.name in names]
 
@@ -191,6 +188,6 @@ def test_huge_beta_trains_without_overflow_and_samples_the_magnitude_mask(policy
   finally:
     keras.mixed_precision.set_global_policy("float32")
   assert np.isfinite(history.history["loss"]).all()
-  for w in _wrappers(model):  # at β = 1e8 the sampled mask is the magnitude mask
+  for w in wrappers(model):  # at β = 1e8 the sampled mask is the magnitude mask
     kernel = np.abs(w.layer.kernel.numpy())
     assert w.mask.numpy().sum() == kernel.size - round(0.5 * kernel.size)

@@ -9,23 +9,19 @@ import tf_keras as keras
 import tf_gibbs
 from helpers import check_strip
 from helpers import compile_model
+from helpers import digits
 from helpers import litert_predict
 from helpers import random_data
 from helpers import reload
 from helpers import small_cnn
+from helpers import wrappers
 from tf_gibbs.core import l0 as l0_core
 
 STEP = [tf_gibbs.UpdatePruningStep()]
 
 
 def _gates(model):
-  return [l for l in model.layers if isinstance(l, tf_gibbs.L0Gates)]
-
-
-def _digits(n=600):
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  data = load_digits()
-  return (data.images[:n] / 16.0).astype("float32")[..., None], data.target[:n]
+  return wrappers(model, tf_gibbs.L0Gates)
 
 
 def test_gates_are_trained_by_fit_and_the_penalty_is_in_the_loss():
@@ -109,7 +105,7 @@ def test_budget_mode_reaches_its_target_in_measured_zeros(mode):
   tuning of the penalty (150 gate steps; at Adam's 1e-3 and the default gate_lr_multiplier a
   gate needs ~100 steps to close)."""
   keras.utils.set_random_seed(0)
-  x, y = _digits()
+  x, y = digits()
   target = 0.8
   schedule = tf_gibbs.L0Schedule(target_sparsity=target, end_step=150)
   model = compile_model(tf_gibbs.prune_l0(small_cnn(), mode=mode, schedule=schedule, seed=0))

@@ -13,6 +13,7 @@ import tf_keras as keras
 import tf_gibbs
 from helpers import random_data
 from helpers import small_cnn
+from helpers import wrappers
 
 TARGET = 0.5
 END_STEP = 6  # 64 examples, batch 16: the schedule ends in the 2nd epoch
@@ -65,13 +66,9 @@ def _fit(model, epochs=2, callbacks=None):
                    callbacks=[tf_gibbs.UpdatePruningStep()] if callbacks is None else callbacks)
 
 
-def _wrappers(model):
-  return [l for l in model.layers if isinstance(l, tf_gibbs.PruningWrapper)]
-
-
 def _sparsity(model):
   """Zero fraction of the stripped kernels of the wrapped layers."""
-  names = {w.layer.name for w in _wrappers(model)}
+  names = {w.layer.name for w in wrappers(model)}
   kernels = [l.kernel.numpy() for l in tf_gibbs.strip_pruning(model).layers if l.name in names]
   return sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels)
 
@@ -98,7 +95,7 @@ def test_mixed_precision_keeps_the_pruning_state_in_float32(method, policy):
   finally:
     keras.mixed_precision.set_global_policy("float32")
   assert np.all(np.isfinite(history.history["loss"]))
-  for wrapper in _wrappers(model):
+  for wrapper in wrappers(model):
     assert wrapper.layer.compute_dtype == policy.split("_")[1]
     own = wrapper._trainable_weights + wrapper._non_trainable_weights  # pylint: disable=protected-access
     assert own and all(v.dtype in (tf.float32, tf.int64) for v in own)
@@ -131,7 +128,7 @@ def test_two_replicas_equal_one_device_with_the_same_global_batch(method, mirror
   _fit(distributed)
   for a, b in zip(_weights(single), _weights(distributed)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
-  for wrapper in _wrappers(distributed):
+  for wrapper in wrappers(distributed):
     replicas = [v.numpy() for v in wrapper.mask.values]
     assert len(replicas) == 2
     np.testing.assert_array_equal(replicas[0], replicas[1])
@@ -168,7 +165,7 @@ def test_interrupted_and_resumed_fit_equals_an_uninterrupted_one(method, order, 
   keras.utils.set_random_seed(1)  # a new process: other seeds, fresh variables
   resumed = _compile(METHODS[method]())
   _fit(resumed, epochs=3, callbacks=callbacks())
-  for w_resumed, w_uninterrupted in zip(_wrappers(resumed), _wrappers(uninterrupted)):
+  for w_resumed, w_uninterrupted in zip(wrappers(resumed), wrappers(uninterrupted)):
     assert int(w_resumed.pruning_step) == int(w_uninterrupted.pruning_step) == 12
   for a, b in zip(_weights(uninterrupted), _weights(resumed)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

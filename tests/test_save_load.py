@@ -8,12 +8,13 @@ import tf_gibbs
 from helpers import compile_model
 from helpers import random_data
 from helpers import small_cnn
+from helpers import wrappers
 
 FORMATS = ["model.keras", "model.h5", "saved_model"]
 
 
 def _wrappers(model):
-  return [l for l in model.layers if isinstance(l, tf_gibbs.GibbsPruning)]
+  return wrappers(model, tf_gibbs.GibbsPruning)
 
 
 def _mid_training_model():

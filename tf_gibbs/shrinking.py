@@ -180,8 +180,7 @@ def _as_list(x):
 
 
 def _call(layer, inputs, kwargs):
-  args = inputs[0] if len(inputs) == 1 else inputs
-  return layer(args, **{**kwargs, "training": False})
+  return layer(inputs[0] if len(inputs) == 1 else inputs, **kwargs)
 
 
 def _probe(shape, cmask, cval):
@@ -247,6 +246,7 @@ def _analyze(graph, borders):
   forced = set()
   for c, layer, i, inputs, kwargs in graph.nodes:
     kind, reason = _kind(layer, graph.node_counts[c["name"]])
+    inference = {**kwargs, "training": False}
     kinds[c["name"]] = kind
     if reason:
       left_as_is[c["name"]] = reason
@@ -256,7 +256,7 @@ def _analyze(graph, borders):
       outs = [values[(c["name"], 0, 0)]]
     else:
       outs = [np.asarray(o) for o in _as_list(_call(layer, [values[k] for k in inputs],
-                                                     kwargs))]
+                                                     inference))]
     out_keys = [(c["name"], i, t) for t in range(len(outs))]
     for key, out in zip(out_keys, outs):
       values[key] = out
@@ -268,7 +268,7 @@ def _analyze(graph, borders):
       continue
     out_key = out_keys[0]
     probes = [_probe(shapes[k], cmask[k], cval[k]) for k in inputs]
-    uniform, value = _uniform(np.asarray(_call(layer, probes, kwargs)))
+    uniform, value = _uniform(np.asarray(_call(layer, probes, inference)))
     if kind == "producer":
       kernel = layer.kernel.numpy()
       in_key = inputs[0]
@@ -459,7 +459,7 @@ def _rebuild(graph, a):
       new = new_layers[name] = type(layer).from_config(cfg)
       if new_weights:
         weights_to_set.append((new, new_weights))
-    outputs = _call_symbolic(new, args, kwargs)
+    outputs = _call(new, args, kwargs)
     for key, out in zip(out_keys, _as_list(outputs)):
       tensors[key] = out
     if deferred:
@@ -510,6 +510,3 @@ def _channel_entry(keep, cmask):
   return {"before": int(keep.size), "after": int(keep.sum()),
           "kept_constant": int((keep & cmask).sum())}
 
-
-def _call_symbolic(layer, inputs, kwargs):
-  return layer(inputs[0] if len(inputs) == 1 else inputs, **kwargs)
