@@ -34,7 +34,6 @@ import warnings
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow_model_optimization as tfmot  # noqa: E402
 
 import tf_gibbs  # noqa: E402
 from tf_gibbs import prune as prune_lib  # noqa: E402
@@ -45,6 +44,7 @@ from quickstart import accuracy  # noqa: E402  pylint: disable=g-import-not-at-t
 from quickstart import compile_model  # noqa: E402  pylint: disable=g-import-not-at-top
 from quickstart import digits_cnn  # noqa: E402  pylint: disable=g-import-not-at-top
 from quickstart import load_digits  # noqa: E402  pylint: disable=g-import-not-at-top
+import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 class MagnitudeGroupPruning(tf_gibbs.GibbsPruning):
@@ -58,27 +58,18 @@ class MagnitudeGroupPruning(tf_gibbs.GibbsPruning):
     return weight * mask
 
 
-def measured_sparsity(model, names):
-  """Fraction of exact zeros over the kernels of the layers named ``names``."""
-  kernels = [l.kernel.numpy() for l in model.layers if l.name in names]
-  return sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
-
-
-def _wrap(model, method, schedule, seed):
-  """Gibbs (``gibbs``, ``gibbs_kernel``, ``gibbs_filter``) or magnitude group pruning."""
-  family, _, hamiltonian = method.partition("_")
-  hamiltonian = hamiltonian or "unstructured"
-  # Structured methods leave the classifier dense (as the reference recipe does): pruning whole
-  # output units of `logits` would delete classes.
-  skip = None if hamiltonian == "unstructured" else ["logits"]
-  if family == "gibbs":
-    return tf_gibbs.prune_gibbs(model, schedule, hamiltonian=hamiltonian, seed=seed, skip=skip)
+def _magnitude(model, method, schedule, seed):
+  """Magnitude pruning of whole kernels (``magnitude_kernel``) or filters (``magnitude_filter``);
+  the classifier stays dense, as for the structured Gibbs energies."""
+  hamiltonian = method.partition("_")[2]
   fits = functools.partial(tf_gibbs.gibbs.layer_misfit,
                            tf_gibbs.gibbs.make_hamiltonian(hamiltonian))
-  return prune_lib.apply_wrappers(
-      model, lambda layer, i: MagnitudeGroupPruning(layer, schedule, hamiltonian=hamiltonian,
-                                                    seed=seed + i),
-      skip=skip, api_name=method, fits=fits)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # "left dense": Dense layers under the kernel energy
+    return prune_lib.apply_wrappers(
+        model, lambda layer, i: MagnitudeGroupPruning(layer, schedule, hamiltonian=hamiltonian,
+                                                      seed=seed + i),
+        skip=["logits"], api_name=method, fits=fits)
 
 
 def train(method, sparsity, seed, data, args):
@@ -88,50 +79,38 @@ def train(method, sparsity, seed, data, args):
   ramp_end = max(1, int(args.ramp_fraction * steps))
   keras.utils.set_random_seed(seed)
   model = digits_cnn(args.weight_decay)
-  callbacks = []
   pruned_names = {l.name for l in model.layers
                   if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))}
-  if method == "tfmot":
-    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, sparsity, begin_step=0,
-                                                    end_step=ramp_end,
-                                                    frequency=args.tfmot_frequency)
-    model = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
-    callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
-  elif method == "adaptive":
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # "left dense": conv1 has fewer than min_weights weights
-      model = tf_gibbs.prune_adaptive(model, sparsity, end_step=ramp_end,
-                                      r_lr_multiplier=args.adaptive_r_lr_multiplier)
-    pruned_names = {l.layer.name for l in model.layers
-                    if isinstance(l, tf_gibbs.PruningWrapper)}
-    callbacks = [tf_gibbs.UpdatePruningStep()]
-  elif method == "l0":
-    schedule = tf_gibbs.L0Schedule(target_sparsity=sparsity, begin_step=0, end_step=ramp_end,
-                                   frequency=args.l0_frequency)
-    model = tf_gibbs.prune_l0(model, schedule=schedule, seed=seed,
-                              gate_lr_multiplier=args.l0_gate_lr_multiplier)
+  callbacks = []
+  if method.startswith("magnitude_"):
+    schedule = tf_gibbs.GibbsSchedule(
+        sparsity, begin_step=0, end_step=ramp_end,
+        initial_sparsity=0.0 if args.gibbs_sparsity_ramp else None)
+    model = _magnitude(model, method, schedule, seed)
     callbacks = [tf_gibbs.UpdatePruningStep()]
   elif method != "dense":
-    hamiltonian = method.partition("_")[2] or "unstructured"
-    beta_begin, beta_end = ((args.beta_begin, args.beta_end) if hamiltonian == "unstructured"
-                            else tf_gibbs.GibbsSchedule.REFERENCE_BETA[hamiltonian])
-    schedule = tf_gibbs.GibbsSchedule(
-        sparsity, beta_begin=beta_begin, beta_end=beta_end, begin_step=0,
-        end_step=ramp_end, initial_sparsity=0.0 if args.gibbs_sparsity_ramp else None)
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # "left dense": Dense layers under the kernel energy
-      model = _wrap(model, method, schedule, seed)
-    pruned_names = {l.layer.name for l in model.layers
-                    if isinstance(l, tf_gibbs.PruningWrapper)}
-    callbacks = [tf_gibbs.UpdatePruningStep()]
+    # The same set-up as benchmarks/compare.py and the examples (examples/recipes.py).
+    family, structure = recipes.parse_variant(method)
+    unstructured = structure in (None, "unstructured", "weight")
+    options = recipes.Options(
+        tfmot_frequency=args.tfmot_frequency,
+        beta_begin=args.beta_begin if unstructured else None,
+        beta_end=args.beta_end if unstructured else None,
+        gibbs_sparsity_ramp=bool(args.gibbs_sparsity_ramp),
+        l0_gate_lr_multiplier=args.l0_gate_lr_multiplier, l0_frequency=args.l0_frequency,
+        adaptive_r_lr_multiplier=args.adaptive_r_lr_multiplier)
+    # Structured methods leave the classifier dense: pruning whole output units of `logits`
+    # would delete classes.
+    model, callbacks = recipes.prune(model, family, sparsity, ramp_end, structure=structure,
+                                     skip=() if unstructured else ("logits",), seed=seed,
+                                     options=options)
+  if method not in ("dense", "tfmot"):
+    pruned_names = recipes.pruned_layer_names(model)
   compile_model(model)
   model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
             callbacks=callbacks)
-  if method == "tfmot":
-    model = tfmot.sparsity.keras.strip_pruning(model)
-  elif method != "dense":
-    model = tf_gibbs.strip_pruning(model)
-  return accuracy(model, x_test, y_test), measured_sparsity(model, pruned_names)
+  model = recipes.strip(model, method if method in ("dense", "tfmot") else "gibbs")
+  return accuracy(model, x_test, y_test), recipes.zero_fraction(model, pruned_names)
 
 
 def main(argv=None):

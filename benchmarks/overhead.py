@@ -30,8 +30,8 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 import tf_gibbs  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from resnet import resnet  # noqa: E402  pylint: disable=g-import-not-at-top
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from models import resnet  # noqa: E402  pylint: disable=g-import-not-at-top
 
 SKIP = ("stem", "classifier")
 

@@ -3,9 +3,13 @@
 import os
 import sys
 
+import pytest
+import tensorflow_datasets as tfds
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import accuracy  # noqa: E402  pylint: disable=g-import-not-at-top
 import budget  # noqa: E402  pylint: disable=g-import-not-at-top
+import compare  # noqa: E402  pylint: disable=g-import-not-at-top
 import deploy  # noqa: E402  pylint: disable=g-import-not-at-top
 import overhead  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -51,3 +55,45 @@ def test_deploy_benchmark_runs_and_shrunk_models_match():
   assert 0.3 < results["filter"]["kept_mac_fraction"] < 0.8
   assert results["unstructured"]["parity"] < 1e-4
   assert abs(results["unstructured"]["sparsity"] - 0.9) < 0.01
+
+
+def test_compare_writes_a_table_with_every_method_and_a_plot(tmp_path):
+  output = str(tmp_path / "results")
+  table = compare.main(["--epochs", "1", "--seeds", "0", "--sparsities", "0.9",
+                        "--output", output])
+  rows = {row["method"]: row for row in table}
+  assert set(rows) == {"dense", "tfmot", "gibbs", "gibbs_kernel", "gibbs_filter", "l0",
+                       "adaptive"}
+  assert rows["tfmot"]["step_ratio"] == 1.0 and rows["dense"]["step_ratio"] is None
+  for name in ("tfmot", "gibbs", "l0"):  # every layer pruned to the target (rounded per layer)
+    assert abs(rows[name]["measured"] - 0.9) < 1e-4, name
+  assert rows["dense"]["measured"] == 0.0
+  # Filter pruning removes filters: a far smaller file than the dense model's.
+  assert rows["gibbs_filter"]["tflite_kib"] < 0.2 * rows["dense"]["tflite_kib"]
+  with open(output + ".md", encoding="utf-8") as f:
+    markdown = f.read()
+  for name in rows:
+    assert f"| {name} | " in markdown
+  assert "python benchmarks/compare.py --epochs 1" in markdown
+  with open(output + ".png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_refuses_an_unknown_method_before_training():
+  with pytest.raises(ValueError, match="Unknown method 'magnitude'"):
+    compare.main(["--methods", "tfmot,magnitude"])
+
+
+def test_compare_runs_on_cifar10_when_the_data_is_there(tmp_path):
+  output = str(tmp_path / "results_cifar10")
+  with tfds.testing.mock_data(num_examples=16):
+    table = compare.main(["--dataset", "cifar10", "--methods", "tfmot", "--epochs", "1",
+                          "--batch_size", "8", "--seeds", "0", "--sparsities", "0.5",
+                          "--output", output])
+  rows = {row["method"]: row for row in table}
+  assert set(rows) == {"dense", "tfmot"}
+  # The stem (432 weights) and the classifier (640) stay dense: ResNet-20 has 270 896 kernel
+  # weights in all, 269 824 in the pruned layers.
+  assert abs(rows["tfmot"]["measured"] - 0.5 * 269_824 / 270_896) < 1e-4
+  with open(output + ".md", encoding="utf-8") as f:
+    assert "CIFAR-10, ResNet-20" in f.read()

@@ -1,0 +1,227 @@
+"""Every method against tfmot on one model: accuracy, measured sparsity, step time, TFLite size.
+
+  python benchmarks/compare.py                      # digits CNN (offline): docs/results.{md,png}
+  python benchmarks/compare.py --dataset cifar10 [--data_dir DIR] [--epochs 200]
+                                                    # ResNet-20: docs/results_cifar10.{md,png}
+
+Methods (``--methods``): tfmot (``prune_low_magnitude``, ``PolynomialDecay`` 0 → s), Gibbs
+unstructured / kernel / filter (``gibbs``, ``gibbs_kernel``, ``gibbs_filter``), L0 gates in
+budget mode (``l0``), the adaptive sparsity loss (``adaptive``), plus the dense model. Each at
+every ``--sparsities`` target and every ``--seeds`` seed, trained from scratch for the same
+epochs with the same optimizer, through ``examples/recipes.py`` (the paper recipes' code).
+
+Digits (default): scikit-learn's 8×8 digits (80/20 split), the quickstart's CNN
+(Conv32-Conv64-Dense128-Dense10), Adam 1e-3, batch 32, 30 epochs, ramps ending at 2/3 of
+training, every layer pruned (the structured energies leave the classifier dense: its units are
+the classes), the settings of ``benchmarks/accuracy.py``. CIFAR-10: the reference recipe of
+``examples/cifar10_resnet.py`` (ResNet-20, stem and classifier dense, augmentation, learning-rate
+steps), where the tfds data is available.
+
+Columns: the target; the *measured* sparsity — exact zeros over all Conv/Dense kernels of the
+stripped model, layers a method leaves dense included (structured targets count kernels or
+filters of the pruned layers); test accuracy of the deployed model (stripped, and shrunk for the
+structured energies), mean ± std over seeds; the median training-step time over tfmot's at the
+same target and seed (mean over seeds; timed inside ``fit``, so it includes Keras' per-step
+overhead); the gzipped sparse TFLite file. The plot shows accuracy against measured sparsity.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_gibbs  # noqa: E402  (selects Keras 2 before tf_keras models are built)
+import tf_keras as keras  # noqa: E402
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+sys.path.insert(0, EXAMPLES)
+import cifar10_resnet  # noqa: E402  pylint: disable=g-import-not-at-top
+import models  # noqa: E402  pylint: disable=g-import-not-at-top
+import quickstart  # noqa: E402  pylint: disable=g-import-not-at-top
+import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
+
+DEFAULT_METHODS = "tfmot,gibbs,gibbs_kernel,gibbs_filter,l0,adaptive"
+DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
+
+
+def digits_setup(args):
+  """Data, model factory, recipe defaults and per-method options of the digits comparison."""
+  x_train, x_test, y_train, y_test = quickstart.load_digits(0)
+  train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+  train = train.shuffle(len(x_train), seed=0, reshuffle_each_iteration=True)
+  train = train.batch(args.batch_size or 32)
+  test = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(len(x_test))
+  steps = -(-len(x_train) // (args.batch_size or 32))
+  options = recipes.Options(tfmot_frequency=10, beta_begin=1.0, beta_end=1e6,
+                            gibbs_sparsity_ramp=True, adaptive_r_lr_multiplier=3.0)
+  recipe = dict(epochs=args.epochs or 30, ramp_fraction=2 / 3, options=options)
+  return train, test, steps, quickstart.digits_cnn, recipe, ("logits",)
+
+
+def cifar10_setup(args):
+  """The reference recipe of examples/cifar10_resnet.py on ResNet-20."""
+  batch_size = args.batch_size or 128
+  train, test, steps = recipes.load_tfds("cifar10", args.data_dir, batch_size,
+                                         cifar10_resnet.preprocess, cifar10_resnet.augment)
+  epochs = args.epochs or 200
+  recipe = dict(epochs=epochs, ramp_fraction=0.64, skip=("stem", "classifier"),
+                lr_boundaries=(0.4 * epochs, 0.6 * epochs, 0.8 * epochs))
+  return train, test, steps, lambda: models.resnet(20, weight_decay=1e-4), recipe, ()
+
+
+def run_all(args):
+  """Trains every (method, target, seed); returns the list of result dicts."""
+  train, test, steps, make_model, recipe_args, structured_skip = (
+      digits_setup if args.dataset == "digits" else cifar10_setup)(args)
+  variants = [recipes.parse_variant(v) for v in args.methods.split(",") if v]
+  sparsities = [float(s) for s in args.sparsities.split(",") if s]
+  seeds = [int(s) for s in args.seeds.split(",")]
+  runs = []
+  jobs = [("dense", None, 0.0)] + [(m, s, p) for p in sparsities for m, s in variants]
+  for method, structure, sparsity in jobs:
+    for seed in seeds:
+      keras.utils.set_random_seed(seed)
+      skip = tuple(recipe_args.get("skip", ()))
+      if recipes.is_structured(method, structure):
+        skip += structured_skip
+      recipe = recipes.Recipe(**{**recipe_args, "skip": skip}, method=method,
+                              structure=structure, sparsity=sparsity, seed=seed, verbose=0,
+                              report=False)
+      result = recipes.run(recipe, make_model(), train, test, steps)
+      runs.append(result)
+      print(f"  {result['variant']:<14} target {sparsity:.2f} seed {seed}: measured "
+            f"{result['sparsity']:.4f}, accuracy {100 * result['accuracy']:.2f} %, step "
+            f"{result['step_ms']:.2f} ms, TFLite {result['tflite_gzip_bytes'] / 1024:.1f} KiB "
+            f"gzipped ({result['train_seconds']:.0f} s)", flush=True)
+  return runs
+
+
+def summarize(runs):
+  """One row per (variant, target): means over seeds, and the step-time ratio to tfmot."""
+  tfmot_ms = {(r["target"], r["seed"]): r["step_ms"] for r in runs if r["variant"] == "tfmot"}
+  rows = {}
+  for r in runs:
+    rows.setdefault((r["variant"], r["target"]), []).append(r)
+  table = []
+  for (name, target), group in rows.items():
+    ratios = [r["step_ms"] / tfmot_ms[(target, r["seed"])] for r in group
+              if (target, r["seed"]) in tfmot_ms]
+    accuracies = np.array([r["accuracy"] for r in group])
+    table.append({
+        "method": name, "target": target,
+        "measured": float(np.mean([r["sparsity"] for r in group])),
+        "accuracy_mean": float(accuracies.mean()), "accuracy_std": float(accuracies.std()),
+        "step_ratio": float(np.mean(ratios)) if ratios else None,
+        "step_ms": float(np.mean([r["step_ms"] for r in group])),
+        "tflite_kib": float(np.mean([r["tflite_gzip_bytes"] for r in group])) / 1024,
+        "runs": len(group)})
+  return table
+
+
+def machine():
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  gpus = tf.config.list_physical_devices("GPU")
+  return (f"{len(os.sched_getaffinity(0))} cores of {cpu}, {'GPU' if gpus else 'no GPU'}; "
+          f"Python {platform.python_version()}, TensorFlow {tf.__version__}, tf_gibbs "
+          f"{tf_gibbs.__version__}")
+
+
+def write_markdown(table, path, args, seconds):
+  dataset = ("scikit-learn digits, the quickstart CNN" if args.dataset == "digits"
+             else "CIFAR-10, ResNet-20 (reference recipe)")
+  lines = [
+      f"# Method comparison: {dataset}", "",
+      f"Made on {datetime.date.today().isoformat()} with `python benchmarks/compare.py "
+      f"{' '.join(args.argv)}`".rstrip() + f" in {seconds / 60:.0f} min, on {machine()}.", "",
+      "Measured sparsity: exact zeros over all Conv/Dense kernels of the stripped model. "
+      "Accuracy: the deployed (stripped, for structured energies also shrunk) model on the test "
+      "split, mean ± std over seeds "
+      f"({args.seeds}). Step ratio: median step time over tfmot's at the same target and seed. "
+      "TFLite: the gzipped sparse TFLite file. See `benchmarks/compare.py` for the setup.", "",
+      "| method | target | measured sparsity | accuracy (%) | step ratio to tfmot | "
+      "TFLite gzip (KiB) | runs |",
+      "| --- | --- | --- | --- | --- | --- | --- |"]
+  for row in sorted(table, key=lambda r: (r["target"], r["method"] != "tfmot", r["method"])):
+    ratio = "—" if row["step_ratio"] is None else f"{row['step_ratio']:.2f}"
+    lines.append(f"| {row['method']} | {row['target']:.2f} | {row['measured']:.4f} | "
+                 f"{100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f} | {ratio} "
+                 f"| {row['tflite_kib']:.1f} | {row['runs']} |")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def write_plot(table, path, title):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name in dict.fromkeys(r["method"] for r in table):
+    rows = sorted((r for r in table if r["method"] == name), key=lambda r: r["measured"])
+    x = [r["measured"] for r in rows]
+    y = [100 * r["accuracy_mean"] for r in rows]
+    err = [100 * r["accuracy_std"] for r in rows]
+    if name == "dense":
+      ax.axhline(y[0], color="black", linestyle="--", linewidth=1, label="dense")
+    else:
+      ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+  ax.set_xlabel("measured sparsity (zero fraction of all kernels)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", choices=["digits", "cifar10"], default="digits")
+  parser.add_argument("--methods", default=DEFAULT_METHODS,
+                      help="comma-separated: tfmot, gibbs[_kernel|_filter], l0[_kernel|"
+                      "_filter], adaptive")
+  parser.add_argument("--sparsities", default="0.5,0.75,0.9,0.95")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--epochs", type=int, default=None, help="default 30 digits, 200 cifar10")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="default 32 digits, 128 cifar10")
+  parser.add_argument("--data_dir", default=None, help="tensorflow-datasets data (cifar10)")
+  parser.add_argument("--output", default=None,
+                      help="path prefix of the .md and .png (default docs/results for digits, "
+                      "docs/results_cifar10 for cifar10)")
+  args = parser.parse_args(argv)
+  args.argv = argv
+  tf.get_logger().setLevel("ERROR")  # retracing notes: every run builds a new model
+  for name in args.methods.split(","):
+    if name:
+      recipes.parse_variant(name)  # fails early on an unknown method
+  output = args.output or os.path.join(
+      DOCS, "results" if args.dataset == "digits" else "results_cifar10")
+  start = time.time()
+  runs = run_all(args)
+  table = summarize(runs)
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  write_markdown(table, output + ".md", args, time.time() - start)
+  write_plot(table, output + ".png",
+             "digits CNN" if args.dataset == "digits" else "ResNet-20 on CIFAR-10")
+  with open(output + ".md", encoding="utf-8") as f:
+    print(f.read())
+  print(f"wrote {output}.md and {output}.png")
+  return table
+
+
+if __name__ == "__main__":
+  main()
