@@ -12,6 +12,7 @@ from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import keras
 from tf_gibbs.core import gibbs as gibbs_core
 from tf_gibbs.core import l0 as l0_core
+from tf_gibbs.core.xla import nested_xla
 from tf_gibbs.gibbs import LAYOUT_OF
 from tf_gibbs.schedule import L0Schedule
 from tf_gibbs.schedule import check_choice
@@ -36,6 +37,24 @@ def check_l0_schedule(schedule, argument="schedule"):
 def layer_misfit(granularity, layer):
   """None if gates of ``granularity`` apply to ``layer``, else the reason they do not."""
   return l0_core.granularity_misfit(granularity, LAYOUT_OF[type(layer)])
+
+
+@nested_xla
+def _fused_training_step(weight, mask, parameter, targets, log_factor, step, noise, schedule,
+                         view, scale, temperature):
+  """:func:`tf_gibbs.core.l0.training_step` as one XLA cluster (the Python values after
+  ``noise`` are fixed per layer: one trace each)."""
+  return l0_core.training_step(weight, mask, parameter, targets, log_factor, step, noise,
+                               schedule=schedule, view=view, scale=scale,
+                               temperature=temperature)
+
+
+@nested_xla
+def _fused_penalty(parameter, targets, log_factor, step, coefficient, schedule, scale,
+                   temperature):
+  """:func:`tf_gibbs.core.l0.penalty` as one XLA cluster."""
+  return l0_core.penalty(parameter, targets, log_factor, step, coefficient, schedule=schedule,
+                         scale=scale, temperature=temperature)
 
 
 class PenaltyGroup:
@@ -181,41 +200,26 @@ class L0Gates(wrapper_lib.PruningWrapper):
 
   # --- hooks ------------------------------------------------------------------------------------
 
+  def _targets_and_factor(self):
+    budget = self.pruning_schedule.has_budget
+    return (tf.convert_to_tensor(self.budget_targets) if budget else tf.zeros([]),
+            tf.convert_to_tensor(self.log_penalty_factor))
+
   def training_weight(self, weight, step):
-    should_prune, target = self.pruning_schedule(step)
-    finished = self.schedule_finished(step)
-    deterministic = self.gates()
-    if self.mode == "deterministic":
-      gates = deterministic
-    else:
+    targets, log_factor = self._targets_and_factor()
+    noise = None
+    if self.mode != "deterministic":
       seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
-      gates = self.gates(deterministic=False, seed=seed)
-    updates = []
-    frozen = tf.identity(self.mask)
+      noise = l0_core.gate_noise(self.gate_parameter.shape, seed)
+    gated, mask, targets, log_factor = _fused_training_step(
+        weight, tf.identity(self.mask), tf.convert_to_tensor(self.gate_parameter), targets,
+        log_factor, step, noise, self.pruning_schedule, self._view, self.gate_lr_multiplier,
+        self.temperature)
+    updates = [self.mask.assign(mask)]
     if self.pruning_schedule.has_budget:
-      error = target - l0_core.closed_fraction(deterministic)
-      factor = tf.clip_by_value(
-          self.log_penalty_factor + self.pruning_schedule.budget_gain * error, -20.0, 20.0)
-      active = tf.logical_and(should_prune, tf.logical_not(finished))
-      updates.append(self.log_penalty_factor.assign(
-          tf.where(active, factor, self.log_penalty_factor)))
-      targets = tf.cond(
-          self.pruning_schedule.rerank(step),
-          lambda: self._budget_targets(weight, tf.stop_gradient(deterministic), target),
-          lambda: tf.identity(self.budget_targets))
-      updates.append(self.budget_targets.assign(targets))
-      # At the freeze step the gates the budget targets are closed if the controller has not
-      # closed them all yet (a projection onto the budget; usually a handful of gates).
-      projected = frozen * (1.0 - tf.reshape(tf.broadcast_to(targets, self._view),
-                                             self.mask.shape))
-      frozen = tf.where(tf.equal(step, self.pruning_schedule.end_step), projected, frozen)
-    current = tf.reshape(tf.broadcast_to(tf.stop_gradient(deterministic), self._view),
-                         self.mask.shape)
-    mask = tf.where(finished, frozen, tf.where(should_prune, current, tf.ones(self.mask.shape)))
-    updates.append(self.mask.assign(mask))
+      updates += [self.budget_targets.assign(targets), self.log_penalty_factor.assign(log_factor)]
     with tf.control_dependencies(updates):
-      gated = tf.where(finished, weight * mask, self._apply(weight, gates))
-      return tf.where(should_prune, gated, weight)
+      return tf.identity(gated)
 
   def deterministic_weight(self, weight, step):
     should_prune, _ = self.pruning_schedule(step)
@@ -231,23 +235,13 @@ class L0Gates(wrapper_lib.PruningWrapper):
     step every ``schedule.frequency`` steps) are penalized, and the gradient is multiplied by
     the controller's exp(μ).
     """
-    step = self.pruning_step
-    log_alpha = self.log_alpha
-    nonzero = l0_core.probability_nonzero(log_alpha, self.temperature)
-    strength = self.pruning_schedule.strength(step)
-    factor = tf.constant(1.0)
-    if self.pruning_schedule.has_budget:
-      factor = tf.exp(self.log_penalty_factor)
-      # Only targeted gates that are still open: closed ones need no push (and the penalty
-      # falls to 0 as the budget is met).
-      nonzero *= tf.cast(tf.stop_gradient(self.gates()) > 0.0, tf.float32)
-      nonzero *= tf.convert_to_tensor(self.budget_targets)
+    targets, log_factor = self._targets_and_factor()
     group_size = self.gated_weights // math.prod(self.gate_parameter.shape)
-    penalty = strength * tf.reduce_sum(nonzero) * float(group_size) / float(self.normalizer())
-    # The controller's factor scales the gradient, not the value the loss shows: exp(μ) can
-    # reach e^20, and a Lagrangian term of that size would drown the task loss in the logs.
-    penalty = penalty + (factor - 1.0) * (penalty - tf.stop_gradient(penalty))
-    return tf.where(self.schedule_finished(step), tf.zeros_like(penalty), penalty)
+    return _fused_penalty(
+        tf.convert_to_tensor(self.gate_parameter), targets, log_factor,
+        tf.convert_to_tensor(self.pruning_step),
+        tf.constant(group_size / self.normalizer(), tf.float32), self.pruning_schedule,
+        self.gate_lr_multiplier, self.temperature)
 
   def write_final_weight(self):
     """Once the gates are frozen: kernel ← kernel ⊙ z, mask ← 1[z > 0] (idempotent)."""

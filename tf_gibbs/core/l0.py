@@ -58,6 +58,22 @@ def deterministic_gate(log_alpha, straight_through=True):
   return tf.stop_gradient(gate) + (stretched - tf.stop_gradient(stretched))
 
 
+def gate_noise(shape, seed):
+  """The uniforms u of :func:`stochastic_gate`, in [1e-6, 1 − 1e-6] (stateless, for ``seed``).
+
+  Drawn outside XLA by the wrappers: XLA's stateless generators give other numbers than the
+  CPU kernels (also with an explicit algorithm), and a model on several replicas, which runs
+  without nested XLA, must draw the same gates as on one device.
+  """
+  return tf.random.stateless_uniform(shape, seed=seed, minval=1e-6, maxval=1.0 - 1e-6)
+
+
+def hard_concrete(log_alpha, u, temperature=TEMPERATURE):
+  """z = clip((ζ−γ) σ((logit u + log α)/T) + γ, 0, 1) for given uniforms ``u``."""
+  noisy = (tf.math.log(u) - tf.math.log1p(-u) + log_alpha) / temperature
+  return tf.clip_by_value(_stretch(tf.sigmoid(noisy)), 0.0, 1.0)
+
+
 def stochastic_gate(log_alpha, seed, temperature=TEMPERATURE):
   """One hard-concrete sample per gate: z = clip((ζ−γ) σ((logit u + log α)/T) + γ, 0, 1).
 
@@ -65,10 +81,7 @@ def stochastic_gate(log_alpha, seed, temperature=TEMPERATURE):
   (layer seed, step), so every replica draws the same gates). Exact gradients (Louizos).
   """
   log_alpha = tf.convert_to_tensor(log_alpha)
-  u = tf.random.stateless_uniform(tf.shape(log_alpha), seed=seed, minval=1e-6,
-                                  maxval=1.0 - 1e-6, dtype=log_alpha.dtype)
-  noisy = (tf.math.log(u) - tf.math.log1p(-u) + log_alpha) / temperature
-  return tf.clip_by_value(_stretch(tf.sigmoid(noisy)), 0.0, 1.0)
+  return hard_concrete(log_alpha, gate_noise(tf.shape(log_alpha), seed), temperature)
 
 
 def probability_nonzero(log_alpha, temperature=TEMPERATURE):
@@ -191,3 +204,74 @@ def budget_targets(importance, sparsity):
   still reopen it, since the clip passes a straight-through gradient.
   """
   return 1.0 - ranking.exact_count_keep_mask(tf.stop_gradient(importance), sparsity)
+
+
+def training_step(weight, mask, parameter, targets, log_factor, step, noise, *, schedule, view,
+                  scale, temperature):
+  """One training step of a gated kernel, all of it: (training weight, mask, targets, log factor).
+
+  ``schedule`` (an :class:`tf_gibbs.L0Schedule`, used as pure functions of ``step``) gives
+  should_prune, the budget s(step), the end step and the re-ranking steps. log α = scale·θ
+  (:func:`scaled_parameter`); the kernel, in its ``view``, is multiplied by the gates z
+  (deterministic with a straight-through clip when ``noise`` is None, else the hard-concrete
+  sample for the uniforms ``noise``, :func:`gate_noise`). ``mask`` (kernel shape) records 1[ẑ > 0] of the deterministic gates ẑ while the
+  schedule prunes and is frozen from the end step on (the weight is then kernel ⊙ mask).
+  Budget mode: ``targets`` (group shape) is re-ranked (:func:`budget_targets`) on the
+  schedule's re-ranking steps; at the end step the targeted gates still open are closed; the
+  controller's log factor μ moves by budget_gain · (s(step) − fraction of ẑ that is 0) while the
+  schedule prunes. Without a budget ``targets`` and ``log_factor`` pass through.
+
+  Run through :func:`nested_xla` by the wrapper (one XLA cluster per layer and step: the
+  schedule, gate, mask and controller maths are some hundred small ops, which cost several
+  times more one by one). Gradients reach ``weight`` and ``parameter``.
+  """
+  step = tf.cast(step, tf.int64)
+  should_prune, target = schedule(step)
+  finished = step >= schedule.end_step
+  log_alpha = scaled_parameter(parameter, scale)
+  deterministic = deterministic_gate(log_alpha, straight_through=noise is None)
+  gates = deterministic if noise is None else hard_concrete(log_alpha, noise, temperature)
+  shape = tf.shape(weight)
+
+  def full(group_tensor):
+    return tf.reshape(tf.broadcast_to(group_tensor, view), shape)
+
+  frozen = mask
+  if schedule.has_budget:
+    targets = tf.cond(
+        schedule.rerank(step),
+        lambda: budget_targets(group_importance(tf.reshape(weight, view),
+                                                tf.stop_gradient(deterministic)), target),
+        lambda: targets)
+    frozen = tf.where(step == schedule.end_step, mask * (1.0 - full(targets)), mask)
+    factor = tf.clip_by_value(
+        log_factor + schedule.budget_gain * (target - closed_fraction(deterministic)),
+        -20.0, 20.0)
+    log_factor = tf.where(tf.logical_and(should_prune, tf.logical_not(finished)), factor,
+                          log_factor)
+  current = tf.where(should_prune, full(tf.stop_gradient(deterministic)), tf.ones_like(mask))
+  new_mask = tf.where(finished, frozen, current)
+  gated = tf.where(finished, weight * new_mask,
+                   tf.reshape(tf.reshape(weight, view) * gates, shape))
+  return tf.where(should_prune, gated, weight), new_mask, targets, log_factor
+
+
+def penalty(parameter, targets, log_factor, step, coefficient, *, schedule, scale, temperature):
+  """λ(step) · coefficient · Σ P(z > 0) (the L0 surrogate); 0 from the schedule's end step on.
+
+  Budget mode: only the still-open gates among ``targets`` count, and the gradient (not the
+  value) is multiplied by the controller's exp(``log_factor``). Run through :func:`nested_xla`
+  by the wrapper, like :func:`training_step`.
+  """
+  step = tf.cast(step, tf.int64)
+  log_alpha = scaled_parameter(parameter, scale)
+  nonzero = probability_nonzero(log_alpha, temperature)
+  if schedule.has_budget:
+    open_gates = tf.cast(tf.stop_gradient(deterministic_gate(log_alpha, False)) > 0.0,
+                         tf.float32)
+    nonzero *= open_gates * targets
+  value = schedule.strength(step) * tf.reduce_sum(nonzero) * coefficient
+  # exp(μ) can reach e^20: a Lagrangian term of that size would drown the task loss in the logs,
+  # so it scales the gradient only.
+  value += (tf.exp(log_factor) - 1.0) * (value - tf.stop_gradient(value))
+  return tf.where(step >= schedule.end_step, tf.zeros_like(value), value)
