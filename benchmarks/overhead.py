@@ -10,7 +10,8 @@ tfmot uses ConstantSparsity(0.9) with its default mask update every 100 steps; G
 new mask at every step. L0 gates (modes ``l0`` = per weight, ``l0_filter``, ...): deterministic
 gates in budget mode (target 0.9), the most expensive L0 configuration (penalty, controller and
 the budget's ranking). Adaptive sparsity loss (mode ``adaptive``): ``prune_adaptive`` at a 0.9
-budget. Every model is timed without and with ``jit_compile=True`` (``--xla both``, the default; tfmot
+budget. ``wrapper``: the shared wrapper base with an identity step (the floor of every method);
+a suffix ``@noxla`` (``l0@noxla``) traces a model with the nested XLA clusters off. Every model is timed without and with ``jit_compile=True`` (``--xla both``, the default; tfmot
 is compiled the same way as the others). Targets: Gibbs unstructured ≤ 1.10 (issue #2), kernel and filter ≤ 1.25 (issue #3),
 L0 ≤ 1.15 (issue #4), adaptive ≤ 1.10 (issue #5), at batch 128 and at batch 16. Then prints the cost of one mask sample against the
 kernel size (3×3, 5×5, 7×7) for every Hamiltonian.
@@ -66,9 +67,51 @@ def adaptive_model(depth):
                                  skip=lambda layer: not _prunable(layer))
 
 
+class IdentityWrapper(tf_gibbs.PruningWrapper):
+  """The shared wrapper base with an identity training weight: what every method pays before
+  its own work (step counter, step check, NaN/Inf check, the wrapped call)."""
+
+  def training_weight(self, weight, step):
+    return weight
+
+  def deterministic_weight(self, weight, step):
+    return weight
+
+
+def wrapper_model(depth):
+  from tf_gibbs import prune as prune_lib  # pylint: disable=g-import-not-at-top
+  schedule = tf_gibbs.GibbsSchedule(end_step=10_000)
+  return prune_lib.apply_wrappers(resnet(depth), lambda layer, i: IdentityWrapper(layer, schedule),
+                                  skip=lambda layer: not _prunable(layer), api_name="wrapper")
+
+
+def without_nested_xla(model):
+  """Makes ``model`` trace its steps with tf_gibbs' nested XLA clusters turned off (their ops
+  run one by one, as they do on several replicas), to measure what the clusters save."""
+  from tf_gibbs.core import xla as xla_lib  # pylint: disable=g-import-not-at-top
+  train_on_batch = model.train_on_batch
+
+  def patched(*args, **kwargs):
+    allowed = xla_lib.nested_xla_allowed
+    xla_lib.nested_xla_allowed = lambda: False
+    try:
+      return train_on_batch(*args, **kwargs)
+    finally:
+      xla_lib.nested_xla_allowed = allowed
+
+  model.train_on_batch = patched
+  return model
+
+
 def make_model(name, depth):
-  """``unstructured``, ``kernel``, ``filter_chromatic``, ... (Gibbs), ``l0[_granularity]`` or
-  ``adaptive``."""
+  """``unstructured``, ``kernel``, ``filter_chromatic``, ... (Gibbs), ``l0[_granularity]``,
+  ``adaptive`` or ``wrapper`` (the base alone); a suffix ``@noxla`` turns the nested XLA
+  clusters off."""
+  name, _, suffix = name.partition("@")
+  if suffix:
+    return without_nested_xla(make_model(name, depth))
+  if name == "wrapper":
+    return wrapper_model(depth)
   family, _, option = name.partition("_")
   if family == "adaptive":
     return adaptive_model(depth)
@@ -144,8 +187,10 @@ def main(argv=None):
                       help="compile with jit_compile=False, True, or time both (default)")
   parser.add_argument("--modes",
                       default="unstructured,kernel,filter_chromatic,filter_exact,l0,l0_filter,adaptive",
-                      help="Gibbs Hamiltonians (and filter samplers), and L0 gates "
-                      "(l0_<granularity>), to time against tfmot")
+                      help="Gibbs Hamiltonians (and filter samplers), L0 gates "
+                      "(l0_<granularity>), adaptive, wrapper (the shared base alone), to time "
+                      "against tfmot; append @noxla to run tf_gibbs' nested XLA clusters as "
+                      "plain ops")
   parser.add_argument("--sampler_sizes", default="3,5,7",
                       help="kernel sizes for the sampler-cost table ('' to skip it)")
   args = parser.parse_args(argv)
@@ -155,7 +200,7 @@ def main(argv=None):
     keras.utils.set_random_seed(0)
     models = {"tfmot": _prepare(tfmot_model(args.depth), xla)}
     for name in args.modes.split(","):
-      label = name if name.startswith(("l0", "adaptive")) else f"gibbs_{name}"
+      label = name if name.startswith(("l0", "adaptive", "wrapper")) else f"gibbs_{name}"
       models[label] = _prepare(make_model(name, args.depth), xla)
     print(f"\nResNet-{args.depth}, CIFAR-shaped input, jit_compile={xla} (tfmot too); step "
           f"times of {args.steps or '120 (batch < 64) / 40'} interleaved steps per model and "

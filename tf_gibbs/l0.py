@@ -12,7 +12,6 @@ from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import keras
 from tf_gibbs.core import gibbs as gibbs_core
 from tf_gibbs.core import l0 as l0_core
-from tf_gibbs.core.xla import nested_xla
 from tf_gibbs.gibbs import LAYOUT_OF
 from tf_gibbs.schedule import L0Schedule
 from tf_gibbs.schedule import check_choice
@@ -37,24 +36,6 @@ def check_l0_schedule(schedule, argument="schedule"):
 def layer_misfit(granularity, layer):
   """None if gates of ``granularity`` apply to ``layer``, else the reason they do not."""
   return l0_core.granularity_misfit(granularity, LAYOUT_OF[type(layer)])
-
-
-@nested_xla
-def _fused_training_step(weight, mask, parameter, targets, log_factor, step, noise, schedule,
-                         view, scale, temperature):
-  """:func:`tf_gibbs.core.l0.training_step` as one XLA cluster (the Python values after
-  ``noise`` are fixed per layer: one trace each)."""
-  return l0_core.training_step(weight, mask, parameter, targets, log_factor, step, noise,
-                               schedule=schedule, view=view, scale=scale,
-                               temperature=temperature)
-
-
-@nested_xla
-def _fused_penalty(parameter, targets, log_factor, step, coefficient, schedule, scale,
-                   temperature):
-  """:func:`tf_gibbs.core.l0.penalty` as one XLA cluster."""
-  return l0_core.penalty(parameter, targets, log_factor, step, coefficient, schedule=schedule,
-                         scale=scale, temperature=temperature)
 
 
 class PenaltyGroup:
@@ -211,10 +192,10 @@ class L0Gates(wrapper_lib.PruningWrapper):
     if self.mode != "deterministic":
       seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
       noise = l0_core.gate_noise(self.gate_parameter.shape, seed)
-    gated, mask, targets, log_factor = _fused_training_step(
+    gated, mask, targets, log_factor = l0_core.training_step(
         weight, tf.identity(self.mask), tf.convert_to_tensor(self.gate_parameter), targets,
-        log_factor, step, noise, self.pruning_schedule, self._view, self.gate_lr_multiplier,
-        self.temperature)
+        log_factor, step, noise, schedule=self.pruning_schedule, view=self._view,
+        scale=self.gate_lr_multiplier, temperature=self.temperature)
     updates = [self.mask.assign(mask)]
     if self.pruning_schedule.has_budget:
       updates += [self.budget_targets.assign(targets), self.log_penalty_factor.assign(log_factor)]
@@ -237,11 +218,12 @@ class L0Gates(wrapper_lib.PruningWrapper):
     """
     targets, log_factor = self._targets_and_factor()
     group_size = self.gated_weights // math.prod(self.gate_parameter.shape)
-    return _fused_penalty(
+    return l0_core.penalty(
         tf.convert_to_tensor(self.gate_parameter), targets, log_factor,
         tf.convert_to_tensor(self.pruning_step),
-        tf.constant(group_size / self.normalizer(), tf.float32), self.pruning_schedule,
-        self.gate_lr_multiplier, self.temperature)
+        tf.constant(group_size / self.normalizer(), tf.float32),
+        schedule=self.pruning_schedule, scale=self.gate_lr_multiplier,
+        temperature=self.temperature)
 
   def write_final_weight(self):
     """Once the gates are frozen: kernel ← kernel ⊙ z, mask ← 1[z > 0] (idempotent)."""

@@ -13,7 +13,6 @@ import math
 import tensorflow as tf
 
 from tf_gibbs.core import l0
-from tf_gibbs.core.xla import nested_xla
 
 R_MAX = 5.0  # the reference code clamps r to [0, 5]
 ESTIMATES = ("measured", "erf")
@@ -50,17 +49,17 @@ def keep_mask(weight, b):
   return tf.cast(tf.abs(tf.stop_gradient(weight)) > tf.stop_gradient(b), tf.float32)
 
 
-def _threshold_step(weight, r):
-  """One training step's thresholding, fused: (Ŵ, 1[|W| > b], b, mean kept fraction)."""
+def threshold_step(weight, r):
+  """One training step's thresholding: (Ŵ, 1[|W| > b], b, mean kept fraction), b = r·std(W).
+
+  :func:`threshold`, :func:`hard_threshold` and :func:`keep_mask` together; gradients reach
+  ``weight`` and ``r``. Plain ops: as one nested XLA cluster per layer it measured slightly
+  slower on CPU (ResNet-20, batch 16, one process, 250 interleaved steps: 1.15–1.18 against
+  1.18 × tfmot's step), the cluster launch costing about what the dozen element-wise ops do.
+  """
   b = threshold(weight, r)
   mask = keep_mask(weight, b)
   return hard_threshold(weight, b), mask, tf.stop_gradient(b), tf.reduce_mean(mask)
-
-
-threshold_step = nested_xla(_threshold_step)
-threshold_step.__doc__ = """:func:`threshold`, :func:`hard_threshold` and :func:`keep_mask` of one
-step as one XLA cluster (a dozen small ops per layer, run at every step: fused they cost a
-fraction). Returns (Ŵ, mask, b, kept fraction); gradients reach ``weight`` and ``r``."""
 
 
 def erf_density(r):
@@ -129,8 +128,7 @@ def _group_budget_loss(r_parameters, multipliers, kept_fractions, costs, target_
 
 
 group_budget_loss = {
-    estimate: nested_xla(functools.partial(_group_budget_loss, estimate=estimate))
-    for estimate in ESTIMATES}
+    estimate: functools.partial(_group_budget_loss, estimate=estimate) for estimate in ESTIMATES}
 
 
 def initial_r(target_sparsity):

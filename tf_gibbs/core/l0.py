@@ -61,9 +61,9 @@ def deterministic_gate(log_alpha, straight_through=True):
 def gate_noise(shape, seed):
   """The uniforms u of :func:`stochastic_gate`, in [1e-6, 1 − 1e-6] (stateless, for ``seed``).
 
-  Drawn outside XLA by the wrappers: XLA's stateless generators give other numbers than the
-  CPU kernels (also with an explicit algorithm), and a model on several replicas, which runs
-  without nested XLA, must draw the same gates as on one device.
+  Note: XLA's stateless generators give other numbers than the CPU kernels (also with an
+  explicit algorithm), so a model compiled with ``jit_compile=True`` draws other gates than
+  the same model without it.
   """
   return tf.random.stateless_uniform(shape, seed=seed, minval=1e-6, maxval=1.0 - 1e-6)
 
@@ -221,9 +221,9 @@ def training_step(weight, mask, parameter, targets, log_factor, step, noise, *, 
   controller's log factor μ moves by budget_gain · (s(step) − fraction of ẑ that is 0) while the
   schedule prunes. Without a budget ``targets`` and ``log_factor`` pass through.
 
-  Run through :func:`nested_xla` by the wrapper (one XLA cluster per layer and step: the
-  schedule, gate, mask and controller maths are some hundred small ops, which cost several
-  times more one by one). Gradients reach ``weight`` and ``parameter``.
+  Gradients reach ``weight`` and ``parameter``. Plain ops (the budget's ranking excepted):
+  run as one nested XLA cluster per layer it measured no faster on CPU
+  (``benchmarks/overhead.py`` mode ``l0@noxla``).
   """
   step = tf.cast(step, tf.int64)
   should_prune, target = schedule(step)
@@ -260,8 +260,7 @@ def penalty(parameter, targets, log_factor, step, coefficient, *, schedule, scal
   """λ(step) · coefficient · Σ P(z > 0) (the L0 surrogate); 0 from the schedule's end step on.
 
   Budget mode: only the still-open gates among ``targets`` count, and the gradient (not the
-  value) is multiplied by the controller's exp(``log_factor``). Run through :func:`nested_xla`
-  by the wrapper, like :func:`training_step`.
+  value) is multiplied by the controller's exp(``log_factor``).
   """
   step = tf.cast(step, tf.int64)
   log_alpha = scaled_parameter(parameter, scale)
