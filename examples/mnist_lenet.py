@@ -51,8 +51,7 @@ def main(argv):
   train, test, steps_per_epoch = recipes.load_tfds("mnist", fv.data_dir, fv.batch_size,
                                                    preprocess, seed=fv.seed)
   model = MODELS[fv.model](weight_decay=fv.weight_decay)
-  structured = recipes.is_structured(fv.method, {"gibbs": fv.hamiltonian,
-                                                 "l0": fv.granularity}.get(fv.method))
+  structured = recipes.is_structured(fv.method, recipes.structure_from_flags(fv))
   recipe = recipes.recipe_from_flags(fv, "mnist", skip=("classifier",) if structured else ())
   print(f"{model.name}, MNIST, {recipe.method} {recipe.structure or ''} to "
         f"{recipe.sparsity:g}, {fv.epochs} epochs of {steps_per_epoch} steps; logs in "

@@ -82,9 +82,9 @@ def prune(model, method, sparsity, end_step, structure=None, skip=(), seed=0, op
   """
   options = options or Options()
   skip = set(skip)
-  callbacks = [tf_gibbs.UpdatePruningStep()]
   if method == "dense":
     return model, []
+  callbacks = [tf_gibbs.UpdatePruningStep()]
   if method == "tfmot":
     # tfmot prunes only at multiples of `frequency`: end the ramp on one, or the last update
     # falls short of the target (and a run shorter than `frequency` never prunes).
@@ -321,9 +321,14 @@ def parse_flags(flag_values, argv, doc):
   return fv
 
 
+def structure_from_flags(fv):
+  """The Gibbs ``--hamiltonian`` or the L0 ``--granularity`` (None for other methods)."""
+  return {"gibbs": fv.hamiltonian, "l0": fv.granularity}.get(fv.method)
+
+
 def recipe_from_flags(fv, dataset, skip=()):
   """The :class:`Recipe` of parsed flags; ``skip``: layers every method leaves dense."""
-  structure = {"gibbs": fv.hamiltonian, "l0": fv.granularity}.get(fv.method)
+  structure = structure_from_flags(fv)
   name = f"{variant(fv.method, structure)}_{fv.sparsity:g}"
   log_dir = fv.log_dir or os.path.join("runs", dataset, name)
   return Recipe(method=fv.method, structure=structure, sparsity=fv.sparsity, epochs=fv.epochs,
