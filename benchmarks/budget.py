@@ -34,16 +34,10 @@ from quickstart import accuracy  # noqa: E402  pylint: disable=g-import-not-at-t
 from quickstart import compile_model  # noqa: E402  pylint: disable=g-import-not-at-top
 from quickstart import digits_cnn  # noqa: E402  pylint: disable=g-import-not-at-top
 from quickstart import load_digits  # noqa: E402  pylint: disable=g-import-not-at-top
+import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
 
 VARIANTS = {"erf": ("erf", False), "measured": ("measured", False),
             "measured+exact": ("measured", True)}
-
-
-def budget_sparsity(stripped, wrapped):
-  """Parameter-weighted zero fraction over the kernels of the wrapped layers."""
-  names = {w.layer.name for w in wrapped.layers if isinstance(w, tf_gibbs.AdaptiveThreshold)}
-  kernels = [l.kernel.numpy() for l in stripped.layers if l.name in names]
-  return sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
 
 
 def train(variant, target, seed, data, args):
@@ -58,7 +52,9 @@ def train(variant, target, seed, data, args):
   model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
             callbacks=[tf_gibbs.UpdatePruningStep()])
   stripped = tf_gibbs.strip_pruning(model)
-  return budget_sparsity(stripped, model), accuracy(stripped, x_test, y_test)
+  # Parameter-weighted zero fraction over the kernels of the wrapped layers.
+  measured = recipes.zero_fraction(stripped, recipes.pruned_layer_names(model))
+  return measured, accuracy(stripped, x_test, y_test)
 
 
 def main(argv=None):

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 
 import tf_gibbs
+from tf_gibbs import report
 import tf_keras as keras
 
 METHODS = ("dense", "tfmot", "gibbs", "l0", "adaptive")
@@ -138,11 +139,10 @@ def pruned_layer_names(model):
 
 def zero_fraction(model, names=None):
   """Fraction of exactly-zero weights over the kernels of the Conv/Dense layers of ``model``
-  (only those named in ``names`` if given)."""
-  kernels = [(l.depthwise_kernel if isinstance(l, keras.layers.DepthwiseConv2D) else l.kernel)
-             .numpy() for l in model.layers
-             if isinstance(l, PRUNED_TYPES) and (names is None or l.name in names)]
-  return sum(int((k == 0).sum()) for k in kernels) / max(1, sum(k.size for k in kernels))
+  (only those named in ``names`` if given), from the sparsity report's per-layer counts."""
+  stats = [report.layer_stats(layer) for layer in model.layers
+           if type(layer) in report.REPORTED and (names is None or layer.name in names)]
+  return sum(s["zeros"] for s in stats) / max(1, sum(s["weights"] for s in stats))
 
 
 class StepTimer(keras.callbacks.Callback):
