@@ -39,6 +39,29 @@ def test_hard_threshold_forward_and_straight_through_gradients():
   assert np.all(adaptive.hard_threshold(w, 0.0).numpy() == w.numpy())  # b = 0: nothing pruned
 
 
+def test_masked_straight_through_frozen_gradients_and_xla():
+  w = tf.constant([-2.0, -0.5, 0.2, 0.9, 1.5])
+  mask = tf.constant([1.0, 0.0, 0.0, 0.0, 1.0])
+  upstream = tf.constant([1.0, 2.0, 3.0, 4.0, 5.0])
+
+  def gradients(straight_through):
+    b = tf.constant(1.0)
+    with tf.GradientTape() as tape:
+      tape.watch([w, b])
+      out = adaptive.masked_straight_through(w, mask, b, straight_through)
+      loss = tf.reduce_sum(out * upstream)
+    return (out,) + tuple(tape.gradient(loss, [w, b]))
+
+  expected_b = -(-0.5 * 2.0 + 0.2 * 3.0 + 0.9 * 4.0)
+  for fn in (gradients, tf.function(gradients, jit_compile=True)):
+    out, d_w, d_b = fn(tf.constant(False))  # fine-tuning under a frozen mask: g · m to W
+    np.testing.assert_array_equal(out.numpy(), [-2.0, 0.0, 0.0, 0.0, 1.5])
+    np.testing.assert_allclose(d_w.numpy(), [1.0, 0.0, 0.0, 0.0, 5.0])
+    assert float(d_b) == pytest.approx(expected_b, rel=1e-6)
+    _, d_w, _ = fn(tf.constant(True))
+    np.testing.assert_allclose(d_w.numpy(), upstream.numpy())
+
+
 def test_erf_density_is_the_gaussian_kept_fraction():
   rng = np.random.RandomState(1)
   w = rng.randn(400_000).astype("float32")

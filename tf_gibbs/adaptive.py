@@ -62,7 +62,7 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
   variables).
 
   Forward (training and inference): Ŵ = W · 1[|W| > b], b = clip(r, 0, 5) · std(W), with the
-  straight-through gradients of :func:`tf_gibbs.core.adaptive.hard_threshold` (all weights keep
+  straight-through gradients of :func:`tf_gibbs.core.adaptive.masked_straight_through` (all weights keep
   learning; r learns through the pruned weights). At the schedule's ``end_step`` the mask
   freezes (after the ``exact_budget`` correction) and the kept weights fine-tune under it; the
   epoch-end callback then writes W · mask into the kernel (idempotent), so both strip functions
@@ -187,21 +187,35 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
   def training_weight(self, weight, step):
     should_prune, _ = self.pruning_schedule(step)
     finished = self.schedule_finished(step)
+    live = tf.logical_and(should_prune, tf.logical_not(finished))
     freeze = tf.equal(tf.cast(step, tf.int64), self.pruning_schedule.end_step)
-    effective, live_mask, live_b, kept = adaptive_core.threshold_step(weight, self.r)
-    # Up to end_step the mask follows the live threshold; at it the (corrected) threshold and
-    # mask freeze.
+    live_b = self.live_threshold(weight)
+    # Phases: before begin_step no mask; up to end_step the live threshold's mask; at end_step
+    # the (corrected) threshold and its mask freeze; after it the frozen ones. Scalar conds, so
+    # a step computes only its phase's mask.
+    def frozen():
+      return tf.identity(self.threshold), tf.identity(self.mask)
+
     def freeze_now():
       b = self._freeze_threshold(live_b)
       return b, adaptive_core.keep_mask(weight, b)
 
-    b, mask = tf.cond(freeze, freeze_now, lambda: (
-        tf.where(finished, tf.identity(self.threshold), live_b),
-        tf.where(finished, tf.identity(self.mask), live_mask)))
-    mask = tf.where(should_prune, mask, tf.ones_like(mask))
-    updates = [self.threshold.assign(b), self.mask.assign(mask), self.kept_fraction.assign(kept)]
+    def thresholded():
+      return tf.stop_gradient(live_b), adaptive_core.keep_mask(weight, live_b)
+
+    def unpruned():
+      return tf.stop_gradient(live_b), tf.ones_like(weight)
+
+    b, mask = tf.cond(finished, lambda: tf.cond(freeze, freeze_now, frozen),
+                      lambda: tf.cond(should_prune, thresholded, unpruned))
+    updates = [self.threshold.assign(b), self.mask.assign(mask),
+               self.kept_fraction.assign(tf.reduce_mean(mask))]
     with tf.control_dependencies(updates):
-      return tf.where(should_prune, tf.where(finished, weight * mask, effective), weight)
+      # r learns (through the pruned weights) only while the threshold is live; every weight
+      # gets the straight-through gradient until the mask freezes, then only the kept ones.
+      return adaptive_core.masked_straight_through(
+          weight, mask, tf.where(live, live_b, tf.stop_gradient(live_b)),
+          straight_through=tf.logical_not(finished))
 
   def deterministic_weight(self, weight, step):
     """W · 1[|W| > r·std(W)] before ``end_step``; W · (frozen mask) from then on."""
