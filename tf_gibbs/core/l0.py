@@ -46,16 +46,25 @@ def deterministic_gate(log_alpha, straight_through=True):
   """z = clip((ζ − γ) σ(log α) + γ, 0, 1): exact zeros for log α ≤ −log 11, ones for ≥ log 11.
 
   With ``straight_through=True`` a clipped gate (z = 0 or z = 1) passes the gradient of the
-  unclipped stretch (a straight-through estimator on the clip; our addition). Without it a gate
-  that reaches 0 never receives a task gradient again, so sparsity could only grow and a budget
-  could not steer it back, and gates at 1 would carry no signal of their importance.
+  unclipped stretch, (ζ − γ) σ'(log α) (a straight-through estimator on the clip; our addition).
+  Without it a gate that reaches 0 never receives a task gradient again, so sparsity could only
+  grow and a budget could not steer it back, and gates at 1 would carry no signal of their
+  importance.
   """
   log_alpha = tf.convert_to_tensor(log_alpha)
-  stretched = _stretch(tf.sigmoid(log_alpha))
-  gate = tf.clip_by_value(stretched, 0.0, 1.0)
   if not straight_through:
-    return gate
-  return tf.stop_gradient(gate) + (stretched - tf.stop_gradient(stretched))
+    return tf.clip_by_value(_stretch(tf.sigmoid(log_alpha)), 0.0, 1.0)
+
+  @tf.custom_gradient
+  def gate(x):
+    probability = tf.sigmoid(x)
+
+    def grad(upstream):  # d/dx of the unclipped stretch: (ζ − γ) σ(x)(1 − σ(x))
+      return tf.raw_ops.SigmoidGrad(y=probability, dy=(ZETA - GAMMA) * upstream)
+
+    return tf.clip_by_value(_stretch(probability), 0.0, 1.0), grad
+
+  return gate(log_alpha)
 
 
 def gate_noise(shape, seed):
@@ -123,11 +132,17 @@ def scaled_parameter(parameter, scale):
   A gate or threshold stored as θ and used as scale·θ moves ``scale`` times as fast as the
   weights under Adam-like optimizers (which ignore the gradient's size) and under SGD alike
   (the gradient is not multiplied by ``scale`` a second time): a per-variable learning-rate
-  multiplier that needs no special optimizer.
+  multiplier that needs no special optimizer. ``scale``: a number or a tensor broadcastable to
+  ``parameter``'s shape (no gradient reaches it).
   """
   parameter = tf.convert_to_tensor(parameter)
-  scaled = scale * parameter
-  return tf.stop_gradient(scaled) + (parameter - tf.stop_gradient(parameter))
+  scale = tf.cast(scale, parameter.dtype)
+
+  @tf.custom_gradient
+  def scaled(value):
+    return scale * value, lambda upstream: upstream
+
+  return scaled(parameter)
 
 
 def check_granularity(granularity):
@@ -231,7 +246,8 @@ def training_step(weight, mask, parameter, targets, log_factor, step, noise, *, 
   log_alpha = scaled_parameter(parameter, scale)
   deterministic = deterministic_gate(log_alpha, straight_through=noise is None)
   gates = deterministic if noise is None else hard_concrete(log_alpha, noise, temperature)
-  shape = tf.shape(weight)
+  shape = weight.shape
+  weight_view = tf.reshape(weight, view)
 
   def full(group_tensor):
     return tf.reshape(tf.broadcast_to(group_tensor, view), shape)
@@ -240,20 +256,32 @@ def training_step(weight, mask, parameter, targets, log_factor, step, noise, *, 
   if schedule.has_budget:
     targets = tf.cond(
         schedule.rerank(step),
-        lambda: budget_targets(group_importance(tf.reshape(weight, view),
-                                                tf.stop_gradient(deterministic)), target),
+        lambda: budget_targets(group_importance(weight_view, tf.stop_gradient(deterministic)),
+                               target),
         lambda: targets)
-    frozen = tf.where(step == schedule.end_step, mask * (1.0 - full(targets)), mask)
+    frozen = tf.cond(step == schedule.end_step, lambda: mask * (1.0 - full(targets)),
+                     lambda: tf.identity(mask))
     factor = tf.clip_by_value(
         log_factor + schedule.budget_gain * (target - closed_fraction(deterministic)),
         -20.0, 20.0)
     log_factor = tf.where(tf.logical_and(should_prune, tf.logical_not(finished)), factor,
                           log_factor)
-  current = tf.where(should_prune, full(tf.stop_gradient(deterministic)), tf.ones_like(mask))
-  new_mask = tf.where(finished, frozen, current)
-  gated = tf.where(finished, weight * new_mask,
-                   tf.reshape(tf.reshape(weight, view) * gates, shape))
-  return tf.where(should_prune, gated, weight), new_mask, targets, log_factor
+
+  # The phase as scalar conds whose branches only combine tensors computed above (a branch's
+  # own intermediates would be zero-filled for the gradient in the other phases), instead of
+  # full-size tf.where selects and their gradients.
+  def gated():
+    return tf.reshape(weight_view * gates, shape), full(tf.stop_gradient(deterministic))
+
+  def ungated():
+    return tf.identity(weight), tf.ones_like(mask)
+
+  def fine_tuned():
+    return weight * frozen, tf.identity(frozen)
+
+  effective, new_mask = tf.cond(finished, fine_tuned,
+                                lambda: tf.cond(should_prune, gated, ungated))
+  return effective, new_mask, targets, log_factor
 
 
 def penalty(parameter, targets, log_factor, step, coefficient, *, schedule, scale, temperature):
@@ -266,8 +294,8 @@ def penalty(parameter, targets, log_factor, step, coefficient, *, schedule, scal
   log_alpha = scaled_parameter(parameter, scale)
   nonzero = probability_nonzero(log_alpha, temperature)
   if schedule.has_budget:
-    open_gates = tf.cast(tf.stop_gradient(deterministic_gate(log_alpha, False)) > 0.0,
-                         tf.float32)
+    # z > 0 exactly where the unclipped stretch is > 0 (the same float32 ops as the gate).
+    open_gates = tf.cast(_stretch(tf.sigmoid(tf.stop_gradient(log_alpha))) > 0.0, tf.float32)
     nonzero *= open_gates * targets
   value = schedule.strength(step) * tf.reduce_sum(nonzero) * coefficient
   # exp(μ) can reach e^20: a Lagrangian term of that size would drown the task loss in the logs,
