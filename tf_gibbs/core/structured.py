@@ -225,23 +225,24 @@ def sample_filter_chromatic(fields_a, fields_b, coupling, beta, seed, sweeps, st
   Returns:
     (keep_a, keep_b) float32 after the last sweep.
   """
-  n_a = fields_a.shape[-1]
+  n_a, n_b = fields_a.shape[-1], fields_b.shape[-1]
   beta = tf.cast(beta, tf.float32)
-  coupling = tf.cast(coupling, tf.float32)
-  fields_a = tf.cast(fields_a, tf.float32)
-  fields_b = tf.cast(fields_b, tf.float32)
+  # β(b_i − c S) = βb_i − βc S with βb_i computed once, and S = 2 Σ keep − n: a third fewer
+  # element-wise ops per sweep than the literal formula (same distribution; rounding aside,
+  # the same decisions).
+  scaled_a = beta * tf.cast(fields_a, tf.float32)
+  scaled_b = beta * tf.cast(fields_b, tf.float32)
+  beta_c = beta * tf.cast(coupling, tf.float32)
 
   def sweep(state, u):
     keep_a, keep_b = state
-    s_b = tf.reduce_sum(2.0 * keep_b - 1.0, axis=-1, keepdims=True)
-    prune_a = tf.sigmoid(beta * (fields_a - coupling * s_b))
-    keep_a = tf.cast(u[:, :n_a] >= prune_a, tf.float32)
-    s_a = tf.reduce_sum(2.0 * keep_a - 1.0, axis=-1, keepdims=True)
-    prune_b = tf.sigmoid(beta * (fields_b - coupling * s_a))
-    keep_b = tf.cast(u[:, n_a:] >= prune_b, tf.float32)
+    s_b = 2.0 * tf.reduce_sum(keep_b, axis=-1, keepdims=True) - n_b
+    keep_a = tf.cast(u[:, :n_a] >= tf.sigmoid(scaled_a - beta_c * s_b), tf.float32)
+    s_a = 2.0 * tf.reduce_sum(keep_a, axis=-1, keepdims=True) - n_a
+    keep_b = tf.cast(u[:, n_a:] >= tf.sigmoid(scaled_b - beta_c * s_a), tf.float32)
     return keep_a, keep_b
 
-  shape = [fields_a.shape[0], n_a + fields_b.shape[-1]]
+  shape = [fields_a.shape[0], n_a + n_b]
 
   def body(i, keep_a, keep_b):
     return (i + 1,) + sweep((keep_a, keep_b), hash_uniform(seed, i, shape))
