@@ -155,11 +155,11 @@ class KernelHamiltonian(Hamiltonian):
     n, c_in, filters = weights.shape
     squared = tf.square(tf.cast(weights, tf.float32))
     threshold = ranking.quantile(tf.reduce_mean(squared, axis=0), sparsity)
-    fields = tf.reshape(tf.transpose(threshold - squared, [1, 2, 0]), [c_in * filters, n])
+    # The uniforms are drawn outside the XLA cluster: XLA's generators draw other numbers than
+    # the CPU kernels, and a multi-replica model runs the sampler without the cluster.
     uniforms = tf.random.stateless_uniform([c_in * filters, n + 1], seed=seed, dtype=tf.float64)
-    keep = _sample_kernels(fields, tf.constant(self.c, tf.float64),
-                           tf.cast(beta, tf.float64), uniforms)
-    mask = tf.transpose(tf.reshape(keep, [c_in, filters, n]), [2, 0, 1])
+    mask = _kernel_mask(squared, threshold, tf.constant(self.c, tf.float64),
+                        tf.cast(beta, tf.float64), uniforms)
     return _no_pruning_if_zero(mask, sparsity), threshold
 
   def deterministic_mask(self, weights, sparsity):
@@ -201,26 +201,19 @@ class FilterHamiltonian(Hamiltonian):
 
   def sample_mask(self, weights, sparsity, beta, seed):
     n, c_in, filters = weights.shape
-    half = c_in // 2
     squared = tf.square(tf.cast(weights, tf.float32))
     threshold = ranking.quantile(tf.reduce_mean(squared, axis=[0, 1]), sparsity)
-    fields = tf.transpose(threshold - squared, [2, 0, 1])  # [F, n, C]
-    fields_a = tf.reshape(fields[:, :, :half], [filters, n * half])
-    fields_b = tf.reshape(fields[:, :, half:], [filters, n * (c_in - half)])
     if self.sampler == "exact":
+      fields_a, fields_b = _filter_fields(squared, threshold)
       uniforms = tf.random.stateless_uniform([filters, 1 + n * c_in], seed=seed,
                                              dtype=tf.float64)
       keep_a, keep_b = _sample_filters(fields_a, fields_b, tf.constant(self.c, tf.float64),
                                        tf.cast(beta, tf.float64), uniforms)
+      mask = _filter_mask(keep_a, keep_b, n)
     else:
-      start = tf.cast(tf.reduce_mean(squared, axis=[0, 1]) > threshold, tf.float32)[:, None]
-      keep_a, keep_b = _chromatic(fields_a, fields_b, tf.constant(self.c, tf.float32),
-                                  tf.cast(beta, tf.float32), seed, tf.constant(self.mcmc_steps),
-                                  tf.broadcast_to(start, fields_a.shape),
-                                  tf.broadcast_to(start, fields_b.shape))
-    keep = tf.concat([tf.reshape(keep_a, [filters, n, half]),
-                      tf.reshape(keep_b, [filters, n, c_in - half])], axis=2)
-    return _no_pruning_if_zero(tf.transpose(keep, [1, 2, 0]), sparsity), threshold
+      mask = _chromatic_mask(squared, threshold, tf.constant(self.c, tf.float32),
+                             tf.cast(beta, tf.float32), seed, tf.constant(self.mcmc_steps))
+    return _no_pruning_if_zero(mask, sparsity), threshold
 
   def deterministic_mask(self, weights, sparsity):
     scores = tf.reduce_sum(tf.square(tf.cast(weights, tf.float32)), axis=[0, 1])
@@ -231,9 +224,45 @@ class FilterHamiltonian(Hamiltonian):
     return {"c": self.c, "sampler": self.sampler, "mcmc_steps": self.mcmc_steps}
 
 
-_sample_kernels = nested_xla(structured.sample_kernel_spins)
+def _kernel_mask(squared, threshold, coupling, beta, uniforms):
+  """[n, C, F] keep mask of the kernel energy from w² and Q_p (the kernels as [C·F, n])."""
+  n, c_in, filters = squared.shape
+  fields = tf.reshape(tf.transpose(threshold - squared, [1, 2, 0]), [c_in * filters, n])
+  keep = structured.sample_kernel_spins(fields, coupling, beta, uniforms)
+  return tf.transpose(tf.reshape(keep, [c_in, filters, n]), [2, 0, 1])
+
+
+def _filter_fields(squared, threshold):
+  """The filter energy's fields b = Q_p − w² of colours A and B, as [F, n·C_A], [F, n·C_B]."""
+  n, c_in, filters = squared.shape
+  half = c_in // 2
+  fields = tf.transpose(threshold - squared, [2, 0, 1])  # [F, n, C]
+  return (tf.reshape(fields[:, :, :half], [filters, n * half]),
+          tf.reshape(fields[:, :, half:], [filters, n * (c_in - half)]))
+
+
+def _filter_mask(keep_a, keep_b, n):
+  """Colour masks [F, n·C_A], [F, n·C_B] back to the [n, C, F] keep mask."""
+  filters = keep_a.shape[0]
+  keep = tf.concat([tf.reshape(keep_a, [filters, n, keep_a.shape[1] // n]),
+                    tf.reshape(keep_b, [filters, n, keep_b.shape[1] // n])], axis=2)
+  return tf.transpose(keep, [1, 2, 0])
+
+
+def _chromatic_filter_mask(squared, threshold, coupling, beta, seed, sweeps):
+  """The chromatic sampler from the deterministic state (filters with mean w² > Q_p kept),
+  with its field and mask reshapes in the same XLA cluster."""
+  fields_a, fields_b = _filter_fields(squared, threshold)
+  start = tf.cast(tf.reduce_mean(squared, axis=[0, 1]) > threshold, tf.float32)[:, None]
+  keep_a, keep_b = structured.sample_filter_chromatic(
+      fields_a, fields_b, coupling, beta, seed, sweeps,
+      tf.broadcast_to(start, fields_a.shape), tf.broadcast_to(start, fields_b.shape))
+  return _filter_mask(keep_a, keep_b, squared.shape[0])
+
+
+_kernel_mask = nested_xla(_kernel_mask)
 _sample_filters = nested_xla(structured.sample_filter_spins)
-_chromatic = nested_xla(structured.sample_filter_chromatic)
+_chromatic_mask = nested_xla(_chromatic_filter_mask)
 
 HAMILTONIANS = {
     cls.name: cls for cls in (UnstructuredHamiltonian, KernelHamiltonian, FilterHamiltonian)
