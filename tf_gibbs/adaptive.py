@@ -62,8 +62,8 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
   variables).
 
   Forward (training and inference): Ŵ = W · 1[|W| > b], b = clip(r, 0, 5) · std(W), with the
-  straight-through gradients of :func:`tf_gibbs.core.adaptive.masked_straight_through` (all weights keep
-  learning; r learns through the pruned weights). At the schedule's ``end_step`` the mask
+  straight-through gradients of :func:`tf_gibbs.core.adaptive.masked_straight_through` (all
+  weights keep learning; r learns through the pruned weights). At the schedule's ``end_step`` the mask
   freezes (after the ``exact_budget`` correction) and the kept weights fine-tune under it; the
   epoch-end callback then writes W · mask into the kernel (idempotent), so both strip functions
   are exact. The budget loss

@@ -32,7 +32,7 @@ def masked_straight_through(weight, mask, b, straight_through=True):
   can come back) and dŴ/db = ST(W/b) − W/b, which is 0 for kept weights and −W/b for pruned
   ones: the threshold learns from the task loss through the pruned weights only. We compute
   the exact forward value W · m (b · (W/b) is not W in floating point) and give those gradients
-  directly (``tf.custom_gradient``: one multiply forward, three element-wise ops backward,
+  directly (``tf.custom_gradient``: one multiply forward, a few element-wise ops backward,
   instead of a dozen of stop-gradient algebra).
 
   Args:

@@ -224,7 +224,7 @@ class FilterHamiltonian(Hamiltonian):
     return {"c": self.c, "sampler": self.sampler, "mcmc_steps": self.mcmc_steps}
 
 
-def _kernel_mask(squared, threshold, coupling, beta, uniforms):
+def _kernel_keep_mask(squared, threshold, coupling, beta, uniforms):
   """[n, C, F] keep mask of the kernel energy from w² and Q_p (the kernels as [C·F, n])."""
   n, c_in, filters = squared.shape
   fields = tf.reshape(tf.transpose(threshold - squared, [1, 2, 0]), [c_in * filters, n])
@@ -260,7 +260,7 @@ def _chromatic_filter_mask(squared, threshold, coupling, beta, seed, sweeps):
   return _filter_mask(keep_a, keep_b, squared.shape[0])
 
 
-_kernel_mask = nested_xla(_kernel_mask)
+_kernel_mask = nested_xla(_kernel_keep_mask)
 _sample_filters = nested_xla(structured.sample_filter_spins)
 _chromatic_mask = nested_xla(_chromatic_filter_mask)
 

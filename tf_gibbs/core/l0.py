@@ -266,9 +266,9 @@ def training_step(weight, mask, parameter, targets, log_factor, step, noise, *, 
 
   # The phase as scalar conds instead of full-size tf.where selects and their gradients, with
   # the common one (gates live) first, so that a training step runs one cond: on CPU each
-  # executed cond costs about as much as a layer's gating. Its branches combine tensors
-  # computed above (a branch's own intermediates are zero-filled for the gradient in the
-  # other phases).
+  # executed cond costs about as much as a layer's gating. The live branch only combines
+  # tensors computed above (a branch's own intermediates are zero-filled for the gradient in
+  # the other phases).
   def gated():
     return tf.reshape(weight_view * gates, shape), full(tf.stop_gradient(deterministic))
 

@@ -19,8 +19,8 @@ group magnetizations, which is what makes exact sampling cheap:
 The log-space magnitudes are float64, so β up to 1e6 (and beyond) neither overflows nor loses
 the O(1) differences between configurations whose log-weights are ~1e9; only bounded
 quantities (the logaddexp correction in [0, log 2], softmax of max-shifted log-weights,
-take-probabilities) are computed in float32, a relative error of ~1e-7 in the probabilities. Convention: the linear
-term acts on ±1 spins, so at c = 0 the kernel-wise keep probability is σ(2β(w² − Q)), twice the
+take-probabilities) are computed in float32, a relative error of ~1e-7 in the probabilities.
+Convention: the linear term acts on ±1 spins, so at c = 0 the kernel-wise keep probability is σ(2β(w² − Q)), twice the
 β of the unstructured energy — we keep the reference energy as written.
 """
 
