@@ -6,6 +6,7 @@ global budget loss and its group of layers.
 """
 
 import math
+import weakref
 
 import tensorflow as tf
 
@@ -19,6 +20,8 @@ from tf_gibbs.schedule import check_choice
 from tf_gibbs.schedule import check_number
 
 BUDGETS = ("params", "flops")
+# Traced graph -> {(group, budget, replica): (replica context, the group's freeze scale)}.
+_FREEZE_SCALES = weakref.WeakKeyDictionary()
 
 
 def check_budget(budget):
@@ -172,17 +175,35 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
   def live_threshold(self, weight):
     return adaptive_core.threshold(weight, self.r)
 
-  def _freeze_threshold(self, b):
-    """b at ``end_step``: the live one, or (``exact_budget``) the live one times the group's
-    common scale that makes the measured weighted zero fraction exactly s."""
+  def freeze_scale(self, freeze):
+    """The group's common threshold scale at ``end_step`` (1 at every other step; None without
+    ``exact_budget``): :func:`tf_gibbs.core.adaptive.common_scale` over the members'
+    |W| / b, so that the measured weighted zero fraction is exactly s.
+
+    It reads every member's weights, so it is built once per traced graph (and replica) and
+    shared by the members: per member it would put N copies of the group's ops into the step
+    (N² in all), which the executor walks at every step even though they run only once.
+    """
     if not self.exact_budget:
-      return b
+      return None
     members = self.budget_members()
+    if tf.executing_eagerly():
+      return tf.cond(freeze, lambda: self._common_scale(members), lambda: tf.constant(1.0))
+    graph = tf.compat.v1.get_default_graph()
+    replica = tf.distribute.get_replica_context()
+    key = (tuple(id(m) for m in members), self.budget, id(replica))
+    cache = _FREEZE_SCALES.setdefault(graph, {})
+    if key not in cache:
+      # The replica context is kept with the tensor so that its id is not reused meanwhile.
+      cache[key] = (replica, tf.cond(freeze, lambda: self._common_scale(members),
+                                     lambda: tf.constant(1.0)))
+    return cache[key][1]
+
+  def _common_scale(self, members):
     ratios = [tf.abs(m.read_weight()) / tf.maximum(tf.stop_gradient(
         m.live_threshold(m.read_weight())), 1e-12) for m in members]
-    scale = adaptive_core.common_scale(ratios, [m.cost[self.budget] for m in members],
-                                       self.pruning_schedule.target_sparsity)
-    return scale * tf.maximum(b, 1e-12)
+    return adaptive_core.common_scale(ratios, [m.cost[self.budget] for m in members],
+                                      self.pruning_schedule.target_sparsity)
 
   def training_weight(self, weight, step):
     should_prune, _ = self.pruning_schedule(step)
@@ -190,6 +211,7 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     live = tf.logical_and(should_prune, tf.logical_not(finished))
     freeze = tf.equal(tf.cast(step, tf.int64), self.pruning_schedule.end_step)
     live_b = self.live_threshold(weight)
+    scale = self.freeze_scale(freeze)
     # Phases: before begin_step no mask; up to end_step the live threshold's mask; at end_step
     # the (corrected) threshold and its mask freeze; after it the frozen ones. Scalar conds, so
     # a step computes only its phase's mask.
@@ -197,7 +219,7 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
       return tf.identity(self.threshold), tf.identity(self.mask)
 
     def freeze_now():
-      b = self._freeze_threshold(live_b)
+      b = live_b if scale is None else scale * tf.maximum(live_b, 1e-12)
       return b, adaptive_core.keep_mask(weight, b)
 
     def thresholded():
