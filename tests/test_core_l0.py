@@ -126,3 +126,38 @@ def test_group_importance_is_the_gated_squared_magnitude_of_each_group(granulari
 
 def test_closed_fraction():
   assert float(l0.closed_fraction(tf.constant([0.0, 0.0, 0.3, 1.0]))) == 0.5
+
+
+@pytest.mark.parametrize("budget", [None, 0.5])
+def test_group_penalty_is_the_sum_of_the_layer_penalties_with_per_layer_gradient_factors(budget):
+  """Value: λ Σ_l c_l Σ_{open targeted gates} σ(log α − T log(−γ/ζ)) (NumPy); gradient of layer
+  l: its plain gradient times exp(μ_l) in budget mode; 0 from the end step on."""
+  from tf_gibbs.schedule import L0Schedule  # pylint: disable=g-import-not-at-top
+  schedule = L0Schedule(l0_strength=0.7, target_sparsity=budget, end_step=100)
+  scale = 2.0
+  rng = np.random.RandomState(0)
+  thetas = [rng.uniform(-3, 3, shape).astype("float32") for shape in ([4, 3], [1, 5])]
+  targets = [rng.randint(0, 2, t.shape).astype("float32") for t in thetas]
+  mus = [0.0, 1.5] if budget else [0.0, 0.0]
+  coefficients = [0.25, 0.125]
+  params = [tf.Variable(t) for t in thetas]
+  kwargs = dict(schedule=schedule, scale=scale, temperature=l0.TEMPERATURE)
+  with tf.GradientTape(persistent=True) as tape:
+    group = l0.group_penalty(params, targets, mus, 10, coefficients, **kwargs)
+    singles = [l0.penalty(p, t, m, 10, c, **kwargs)
+               for p, t, m, c in zip(params, targets, mus, coefficients)]
+  expected = 0.0
+  for theta, target, c in zip(thetas, targets, coefficients):
+    log_alpha = scale * theta.astype("float64")
+    nonzero = 1 / (1 + np.exp(-(log_alpha - l0.TEMPERATURE * math.log(-l0.GAMMA / l0.ZETA))))
+    if budget:
+      nonzero *= (log_alpha > l0.CLOSED_LOG_ALPHA) * target
+    expected += 0.7 * c * nonzero.sum()
+  assert float(group) == pytest.approx(expected, rel=1e-5)
+  assert float(group) == pytest.approx(sum(float(s) for s in singles), rel=1e-6)
+  for param, single, mu in zip(params, singles, mus):
+    plain = tape.gradient(single, param).numpy() / math.exp(mu)
+    np.testing.assert_allclose(tape.gradient(group, param).numpy(), math.exp(mu) * plain,
+                               rtol=1e-5)
+    assert np.abs(plain).sum() > 0
+  assert float(l0.group_penalty(params, targets, mus, 100, coefficients, **kwargs)) == 0.0

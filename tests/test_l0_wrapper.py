@@ -43,6 +43,9 @@ def test_gates_are_trained_by_fit_and_the_penalty_is_in_the_loss():
   expected = sum(float(tf.reduce_sum(l0_core.probability_nonzero(w.log_alpha)))
                  * w.gated_weights / int(np.prod(w.gate_parameter.shape)) for w in wrappers)
   assert sum(penalties) == pytest.approx(expected / total, rel=1e-5)
+  # The group's first member adds the whole group's penalty to the loss, the others 0.
+  losses = [float(loss) for loss in model.losses]
+  assert losses[0] == pytest.approx(sum(penalties), rel=1e-5) and not any(losses[1:])
 
 
 @pytest.mark.parametrize("mode", ["deterministic", "stochastic"])

@@ -136,7 +136,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
       self.budget_targets = self.add_weight(
           "budget_targets", shape=shape, dtype=tf.float32, initializer="zeros",
           trainable=False, aggregation=_ONLY_FIRST)
-    self.add_loss(self.penalty)
+    self.add_loss(self.group_penalty)
 
   def _constraint(self):
     if self.mode != "deterministic":
@@ -208,20 +208,46 @@ class L0Gates(wrapper_lib.PruningWrapper):
     gated = tf.where(self.schedule_finished(step), weight * self.mask, self._apply(weight, gates))
     return tf.where(should_prune, gated, weight)
 
+  def _penalty_arguments(self):
+    """This layer's part of :func:`tf_gibbs.core.l0.group_penalty`."""
+    targets, log_factor = self._targets_and_factor()
+    group_size = self.gated_weights // math.prod(self.gate_parameter.shape)
+    return (tf.convert_to_tensor(self.gate_parameter), targets, log_factor,
+            tf.constant(group_size / self.normalizer(), tf.float32))
+
+  def _penalty_key(self):
+    """What members must share to have one penalty computation."""
+    return (type(self), self.pruning_schedule.get_config(), self.gate_lr_multiplier,
+            self.temperature)
+
   def penalty(self):
-    """λ(step) · Σ_gates size · P(z > 0) / normalizer; 0 once the gates are frozen.
+    """This layer's λ(step) · Σ_gates size · P(z > 0) / normalizer; 0 once the gates are frozen.
 
     Budget mode: only the open gates among ``budget_targets`` (the round(s · n) gates of
     smallest gated magnitude, :func:`tf_gibbs.core.l0.budget_targets`, ranked by the training
     step every ``schedule.frequency`` steps) are penalized, and the gradient is multiplied by
     the controller's exp(μ).
     """
-    targets, log_factor = self._targets_and_factor()
-    group_size = self.gated_weights // math.prod(self.gate_parameter.shape)
-    return l0_core.penalty(
-        tf.convert_to_tensor(self.gate_parameter), targets, log_factor,
-        tf.convert_to_tensor(self.pruning_step),
-        tf.constant(group_size / self.normalizer(), tf.float32),
+    return self._penalty_of([self])
+
+  def group_penalty(self):
+    """The loss term this layer adds: the penalties of its whole penalty group (the wrappers of
+    one ``prune_l0`` call, when they share schedule and gate settings), computed by the group's
+    first member in one :func:`tf_gibbs.core.l0.group_penalty`; 0 from the other members. A
+    member that does not share the settings adds its own :meth:`penalty`."""
+    members = [m for m in self.penalty_group.members
+               if m.built and m._penalty_key() == self._penalty_key()]  # pylint: disable=protected-access
+    if self not in members:
+      return self.penalty()
+    if members[0] is not self:
+      return tf.constant(0.0)
+    return self._penalty_of(members)
+
+  def _penalty_of(self, members):
+    parameters, targets, log_factors, coefficients = zip(
+        *[m._penalty_arguments() for m in members])  # pylint: disable=protected-access
+    return l0_core.group_penalty(
+        parameters, targets, log_factors, tf.convert_to_tensor(self.pruning_step), coefficients,
         schedule=self.pruning_schedule, scale=self.gate_lr_multiplier,
         temperature=self.temperature)
 

@@ -291,17 +291,42 @@ def penalty(parameter, targets, log_factor, step, coefficient, *, schedule, scal
   """λ(step) · coefficient · Σ P(z > 0) (the L0 surrogate); 0 from the schedule's end step on.
 
   Budget mode: only the still-open gates among ``targets`` count, and the gradient (not the
-  value) is multiplied by the controller's exp(``log_factor``).
+  value) is multiplied by the controller's exp(``log_factor``). One layer's
+  :func:`group_penalty`.
+  """
+  return group_penalty([parameter], [targets], [log_factor], step, [coefficient],
+                       schedule=schedule, scale=scale, temperature=temperature)
+
+
+def group_penalty(parameters, targets, log_factors, step, coefficients, *, schedule, scale,
+                  temperature):
+  """Σ_l λ(step) · c_l · Σ_{gates of l} P(z > 0): the :func:`penalty` of several layers that
+  share one schedule, in one computation (the schedule's scalars once, the per-layer factors
+  as vectors) instead of a dozen scalar ops per layer.
+
+  Args:
+    parameters: each layer's θ (log α = ``scale`` · θ, :func:`scaled_parameter`).
+    targets: each layer's budget targets (group shape; ignored without a budget).
+    log_factors: each layer's controller log factor μ_l (scalars; ignored without a budget):
+      layer l's gradient is multiplied by exp(μ_l), its value is not (an e^20 Lagrangian term
+      would drown the task loss in the logs).
+    step: the training step (scalar); the penalty is 0 from ``schedule.end_step`` on.
+    coefficients: c_l, the layer's weights per gate over the group's normalizer (numbers or
+      scalars).
   """
   step = tf.cast(step, tf.int64)
-  log_alpha = scaled_parameter(parameter, scale)
-  nonzero = probability_nonzero(log_alpha, temperature)
+  sums = []
+  for parameter, target in zip(parameters, targets):
+    log_alpha = scaled_parameter(parameter, scale)
+    nonzero = probability_nonzero(log_alpha, temperature)
+    if schedule.has_budget:
+      # z > 0 exactly where the unclipped stretch is > 0 (the same float32 ops as the gate).
+      open_gates = tf.cast(_stretch(tf.sigmoid(tf.stop_gradient(log_alpha))) > 0.0, tf.float32)
+      nonzero *= open_gates * target
+    sums.append(tf.reduce_sum(nonzero))
+  terms = tf.stack(sums) * tf.cast(tf.stack(coefficients), tf.float32)
   if schedule.has_budget:
-    # z > 0 exactly where the unclipped stretch is > 0 (the same float32 ops as the gate).
-    open_gates = tf.cast(_stretch(tf.sigmoid(tf.stop_gradient(log_alpha))) > 0.0, tf.float32)
-    nonzero *= open_gates * targets
-  value = schedule.strength(step) * tf.reduce_sum(nonzero) * coefficient
-  # exp(μ) can reach e^20: a Lagrangian term of that size would drown the task loss in the logs,
-  # so it scales the gradient only.
-  value += (tf.exp(log_factor) - 1.0) * (value - tf.stop_gradient(value))
+    factors = tf.exp(tf.cast(tf.stack(log_factors), tf.float32)) - 1.0
+    terms += factors * (terms - tf.stop_gradient(terms))
+  value = schedule.strength(step) * tf.reduce_sum(terms)
   return tf.where(step >= schedule.end_step, tf.zeros_like(value), value)
