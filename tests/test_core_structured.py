@@ -173,3 +173,34 @@ def test_hash_uniforms_are_uniform_independent_and_keyed_by_seed_and_sweep():
   np.testing.assert_array_equal(  # and the same numbers again for the same key
       structured.hash_uniform(tf.constant([0, 1], tf.int64), 2, shape).numpy(),
       structured.hash_uniform(tf.constant([0, 1], tf.int64), 2, shape).numpy())
+
+
+@pytest.mark.parametrize("hamiltonian,kwargs,beta", [
+    ("kernel", {"c": 0.3}, 6.0),
+    ("filter", {"c": 1.0, "sampler": "exact"}, 6.0),
+    # Weak coupling: with c = 1, β = 6 the two modes (all kept, all pruned) each have ½ and
+    # 30 sweeps from one of them never reach the other (the reference MCMC's known limit).
+    ("filter", {"c": 0.2, "sampler": "chromatic", "mcmc_steps": 30}, 2.0)])
+def test_hamiltonian_sample_mask_matches_brute_force_end_to_end(hamiltonian, kwargs, beta):
+  """The whole training-step path (Q_p, the hash uniforms, the sampler and the reshapes, as
+  one XLA cluster) on NUM_SAMPLES identical groups: the groups' masks are independent draws
+  of one group's exact distribution (Q_p is that group's mean w², so fields are Q_p − w²)."""
+  from tf_gibbs.core import gibbs  # pylint: disable=g-import-not-at-top
+  energy = gibbs.get_hamiltonian(hamiltonian, **kwargs)
+  w = np.array([0.5, -0.2, 0.35, 0.1], np.float32)
+  if hamiltonian == "kernel":  # [n, C, F]: one kernel of 4 weights per (C, F)
+    weights = np.broadcast_to(w[:, None, None], (4, 1, NUM_SAMPLES))
+  else:  # one filter of 4 input channels (1×1 kernel) per output channel
+    weights = np.broadcast_to(w[None, :, None], (1, 4, NUM_SAMPLES))
+  mask, threshold = energy.sample_mask(tf.constant(weights), 0.5, beta, tf.constant([5, 9]))
+  fields = float(np.mean(w.astype(np.float64) ** 2)) - w.astype(np.float64) ** 2
+  assert float(threshold) == pytest.approx(np.mean(w.astype(np.float64) ** 2), rel=1e-6)
+  samples = np.reshape(mask.numpy(), (4, NUM_SAMPLES)).T
+  if hamiltonian == "kernel":
+    configs, probs = _exact(_kernel_energy(fields, kwargs["c"]), 4, beta)
+  else:
+    configs, probs = _exact(_filter_energy(fields[:2], fields[2:], kwargs["c"]), 4, beta)
+  assert _empirical_tv(samples, configs, probs) < _tv_bound(len(configs), NUM_SAMPLES)
+  # And the draws are keyed by the seed: another step draws other masks.
+  other, _ = energy.sample_mask(tf.constant(weights), 0.5, beta, tf.constant([5, 10]))
+  assert not np.array_equal(other.numpy(), mask.numpy())

@@ -5,9 +5,9 @@ from the weight magnitudes; see ``methods.md`` §1. A :class:`Hamiltonian` bundl
 needs of one energy: the exact sampler for training and the deterministic, exact-count mask for
 inference and deployment. Nothing here knows about Keras.
 
-Randomness is stateless (``tf.random.stateless_uniform``; the chromatic filter sampler uses
-:func:`tf_gibbs.core.structured.hash_uniform`, a counter-based hash that XLA runs fast inside
-its sweep loop) and keyed by a ``seed`` tensor of shape [2]: the wrappers pass (layer seed, training step), so a step's mask is a pure function of the
+Randomness is stateless (``tf.random.stateless_uniform`` for the unstructured and kernel
+energies; the filter samplers use :func:`tf_gibbs.core.structured.hash_uniform`, a counter-based
+hash that gives the same numbers inside and outside their XLA clusters) and keyed by a ``seed`` tensor of shape [2]: the wrappers pass (layer seed, training step), so a step's mask is a pure function of the
 weights and the step. That makes resumed runs reproducible and gives every replica of a
 ``tf.distribute`` step the same mask, with no random-generator state to checkpoint.
 """
@@ -156,10 +156,13 @@ class KernelHamiltonian(Hamiltonian):
     squared = tf.square(tf.cast(weights, tf.float32))
     threshold = ranking.quantile(tf.reduce_mean(squared, axis=0), sparsity)
     # The uniforms are drawn outside the XLA cluster: XLA's generators draw other numbers than
-    # the CPU kernels, and a multi-replica model runs the sampler without the cluster.
+    # the CPU kernels, and a multi-replica model runs the sampler without the cluster. (Drawn
+    # by structured.hash_uniform inside the cluster, as the filter samplers do, and with Q_p in
+    # the same cluster, the sampler measured 5-15 % slower: here the two small clusters and the
+    # generator run side by side on the inter-op threads.)
     uniforms = tf.random.stateless_uniform([c_in * filters, n + 1], seed=seed, dtype=tf.float64)
-    mask = _kernel_mask(squared, threshold, tf.constant(self.c, tf.float64),
-                        tf.cast(beta, tf.float64), uniforms)
+    mask = _kernel_sample(squared, threshold, tf.constant(self.c, tf.float64),
+                          tf.cast(beta, tf.float64), uniforms)
     return _no_pruning_if_zero(mask, sparsity), threshold
 
   def deterministic_mask(self, weights, sparsity):
@@ -200,20 +203,13 @@ class FilterHamiltonian(Hamiltonian):
     self.mcmc_steps = int(mcmc_steps)
 
   def sample_mask(self, weights, sparsity, beta, seed):
-    n, c_in, filters = weights.shape
-    squared = tf.square(tf.cast(weights, tf.float32))
-    threshold = ranking.quantile(tf.reduce_mean(squared, axis=[0, 1]), sparsity)
+    weights, sparsity = tf.cast(weights, tf.float32), ranking.as_float64(sparsity)
+    seed = tf.cast(seed, tf.int64)
     if self.sampler == "exact":
-      fields_a, fields_b = _filter_fields(squared, threshold)
-      uniforms = tf.random.stateless_uniform([filters, 1 + n * c_in], seed=seed,
-                                             dtype=tf.float64)
-      keep_a, keep_b = _sample_filters(fields_a, fields_b, tf.constant(self.c, tf.float64),
-                                       tf.cast(beta, tf.float64), uniforms)
-      mask = _filter_mask(keep_a, keep_b, n)
-    else:
-      mask = _chromatic_mask(squared, threshold, tf.constant(self.c, tf.float32),
+      return _filter_sample(weights, sparsity, tf.constant(self.c, tf.float64),
+                            tf.cast(beta, tf.float64), seed)
+    return _chromatic_sample(weights, sparsity, tf.constant(self.c, tf.float32),
                              tf.cast(beta, tf.float32), seed, tf.constant(self.mcmc_steps))
-    return _no_pruning_if_zero(mask, sparsity), threshold
 
   def deterministic_mask(self, weights, sparsity):
     scores = tf.reduce_sum(tf.square(tf.cast(weights, tf.float32)), axis=[0, 1])
@@ -224,8 +220,17 @@ class FilterHamiltonian(Hamiltonian):
     return {"c": self.c, "sampler": self.sampler, "mcmc_steps": self.mcmc_steps}
 
 
-def _kernel_keep_mask(squared, threshold, coupling, beta, uniforms):
-  """[n, C, F] keep mask of the kernel energy from w² and Q_p (the kernels as [C·F, n])."""
+# The filter samplers below run as one XLA cluster each (Q_p, the uniforms, the sampler and the
+# reshapes: 5-10 % faster than Q_p in a cluster of its own). Their uniforms are
+# structured.hash_uniform, integer arithmetic that gives the same numbers inside and outside
+# XLA, so a multi-replica model, which runs them without the cluster, draws the same masks as
+# one device (tf.random.stateless_uniform drawn inside would not: XLA's generators give other
+# numbers than the CPU kernels).
+
+
+def _kernel_sample_unjitted(squared, threshold, coupling, beta, uniforms):
+  """[n, C, F] mask of the kernel energy from w² and Q_p: the kernels as [C·F, n] rows, one
+  uniform row of n + 1 per kernel."""
   n, c_in, filters = squared.shape
   fields = tf.reshape(tf.transpose(threshold - squared, [1, 2, 0]), [c_in * filters, n])
   keep = structured.sample_kernel_spins(fields, coupling, beta, uniforms)
@@ -249,20 +254,38 @@ def _filter_mask(keep_a, keep_b, n):
   return tf.transpose(keep, [1, 2, 0])
 
 
-def _chromatic_filter_mask(squared, threshold, coupling, beta, seed, sweeps):
-  """The chromatic sampler from the deterministic state (filters with mean w² > Q_p kept),
-  with its field and mask reshapes in the same XLA cluster."""
+def _filter_threshold(weights, sparsity):
+  """(w², Q_p = quantile(mean w² per filter, p))."""
+  squared = tf.square(weights)
+  return squared, ranking.quantile_unjitted(tf.reduce_mean(squared, axis=[0, 1]), sparsity)
+
+
+def _filter_sample_unjitted(weights, sparsity, coupling, beta, seed):
+  """(mask [n, C, F], Q_p) of the filter energy by the exact sampler."""
+  n, c_in, filters = weights.shape
+  squared, threshold = _filter_threshold(weights, sparsity)
+  fields_a, fields_b = _filter_fields(squared, threshold)
+  uniforms = tf.cast(structured.hash_uniform(seed, 0, [filters, 1 + n * c_in]), tf.float64)
+  keep_a, keep_b = structured.sample_filter_spins(fields_a, fields_b, coupling, beta, uniforms)
+  return _no_pruning_if_zero(_filter_mask(keep_a, keep_b, n), sparsity), threshold
+
+
+def _chromatic_sample_unjitted(weights, sparsity, coupling, beta, seed, sweeps):
+  """(mask [n, C, F], Q_p) of the filter energy by the chromatic sampler, started from the
+  deterministic state (filters with mean w² > Q_p kept)."""
+  squared, threshold = _filter_threshold(weights, sparsity)
   fields_a, fields_b = _filter_fields(squared, threshold)
   start = tf.cast(tf.reduce_mean(squared, axis=[0, 1]) > threshold, tf.float32)[:, None]
   keep_a, keep_b = structured.sample_filter_chromatic(
       fields_a, fields_b, coupling, beta, seed, sweeps,
       tf.broadcast_to(start, fields_a.shape), tf.broadcast_to(start, fields_b.shape))
-  return _filter_mask(keep_a, keep_b, squared.shape[0])
+  mask = _filter_mask(keep_a, keep_b, squared.shape[0])
+  return _no_pruning_if_zero(mask, sparsity), threshold
 
 
-_kernel_mask = nested_xla(_kernel_keep_mask)
-_sample_filters = nested_xla(structured.sample_filter_spins)
-_chromatic_mask = nested_xla(_chromatic_filter_mask)
+_kernel_sample = nested_xla(_kernel_sample_unjitted)
+_filter_sample = nested_xla(_filter_sample_unjitted)
+_chromatic_sample = nested_xla(_chromatic_sample_unjitted)
 
 HAMILTONIANS = {
     cls.name: cls for cls in (UnstructuredHamiltonian, KernelHamiltonian, FilterHamiltonian)

@@ -25,7 +25,7 @@ def _static_size(flat):
   return n
 
 
-def _as_float64(x):
+def as_float64(x):
   """Python numbers go straight to float64 (tf.cast would round them through float32)."""
   return tf.cast(x, tf.float64) if tf.is_tensor(x) else tf.constant(x, tf.float64)
 
@@ -109,7 +109,7 @@ def _quantile(values, q):
   """
   flat = _flat_float32(values)
   n = _static_size(flat)
-  pos = _as_float64(q) * float(n - 1)  # float64: exact positions for large n
+  pos = as_float64(q) * float(n - 1)  # float64: exact positions for large n
   lo = tf.clip_by_value(tf.cast(tf.floor(pos), tf.int32), 0, n - 1)
   frac = tf.cast(pos - tf.cast(lo, tf.float64), tf.float32)
   v_lo = kth_smallest(flat, lo)
@@ -122,7 +122,7 @@ def _quantile(values, q):
 
 def pruned_count(n, sparsity):
   """round(sparsity · n) as an int32 tensor, computed in float64 so large n do not drift."""
-  count = tf.round(_as_float64(sparsity) * float(n))
+  count = tf.round(as_float64(sparsity) * float(n))
   return tf.cast(tf.clip_by_value(count, 0.0, float(n)), tf.int32)
 
 
@@ -161,10 +161,12 @@ def _with_float64_fraction(fn):
 
   @functools.wraps(fn)
   def run(values, fraction):
-    return fn(values, _as_float64(fraction))
+    return fn(values, as_float64(fraction))
 
   return run
 
 
 quantile = _with_float64_fraction(nested_xla(_quantile))
+# For callers that build their own XLA cluster around it (a float64 fraction tensor).
+quantile_unjitted = _quantile
 exact_count_keep_mask = _with_float64_fraction(nested_xla(_exact_count_keep_mask))
