@@ -1,6 +1,7 @@
 """Training-step time of Gibbs-pruned ResNet-20 divided by tfmot's prune_low_magnitude.
 
-  python benchmarks/overhead.py [--batch_sizes 128,16] [--steps N] [--xla off|on|both] [--modes ...]
+  python benchmarks/overhead.py [--batch_sizes 128,16] [--steps N] [--repeats R] [--xla off|on|both]
+                                [--modes ...]
 
 Both models are the same ResNet-20 (CIFAR-shaped random data), with the same layers wrapped
 (every conv and projection except the stem; not the classifier), trained in one process on the
@@ -182,6 +183,11 @@ def main(argv=None):
   parser.add_argument("--batch_sizes", default="128,16")
   parser.add_argument("--steps", type=int, default=0,
                       help="timed steps per model (default: 120 at batch < 64, else 40)")
+  parser.add_argument("--repeats", type=int, default=1,
+                      help="repeat the interleaved measurement this many times per batch size "
+                      "and report the median of the repeats' ratios (and their range): the "
+                      "machine's speed drifts between blocks of steps, a single block's ratio "
+                      "moves by about ±0.05 at batch 16")
   parser.add_argument("--depth", type=int, default=20)
   parser.add_argument("--xla", default="both", choices=("off", "on", "both"),
                       help="compile with jit_compile=False, True, or time both (default)")
@@ -204,17 +210,24 @@ def main(argv=None):
       models[label] = _prepare(make_model(name, args.depth), xla)
     print(f"\nResNet-{args.depth}, CIFAR-shaped input, jit_compile={xla} (tfmot too); step "
           f"times of {args.steps or '120 (batch < 64) / 40'} interleaved steps per model and "
-          "batch size")
+          f"batch size{f', in {args.repeats} repeats (medians of their figures)' if args.repeats > 1 else ''}")
     print(f"{'method':<22} {'batch':>5} {'p20 ms':>8} {'p20 ratio':>10} {'median ms':>10} "
           f"{'median ratio':>13}")
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
       steps = args.steps if args.steps else (40 if batch_size >= 64 else 120)
-      timing = measure(models, batch_size, steps)
-      for name, (low, low_ratio, mid, mid_ratio) in timing.items():
+      runs = [measure(models, batch_size, steps) for _ in range(max(args.repeats, 1))]
+      for name in models:
+        low, low_ratio, mid, mid_ratio = (float(np.median([run[name][i] for run in runs]))
+                                          for i in range(4))
         results[(name, batch_size) + (("xla",) if xla else ())] = low_ratio
         results[(name, batch_size, "ms") + (("xla",) if xla else ())] = 1e3 * low
+        spread = ""
+        if len(runs) > 1:
+          ratios = sorted(run[name][1] for run in runs)
+          spread = f"   p20 ratios of the {len(runs)} repeats: " + " ".join(
+              f"{r:.3f}" for r in ratios)
         print(f"{name:<22} {batch_size:>5} {1e3 * low:>8.1f} {low_ratio:>10.3f} "
-              f"{1e3 * mid:>10.1f} {mid_ratio:>13.3f}")
+              f"{1e3 * mid:>10.1f} {mid_ratio:>13.3f}{spread}")
     del models
   if args.xla == "both":
     print("\nXLA speed-up (p20 step time without XLA / with XLA)")

@@ -27,7 +27,7 @@ def test_accuracy_benchmark_runs_and_reaches_the_target_sparsity():
 def test_overhead_benchmark_runs():
   results = overhead.main(["--batch_sizes", "4", "--steps", "2", "--sampler_sizes", "3",
                            "--modes", "unstructured,l0,adaptive,wrapper,l0@noxla",
-                           "--xla", "both",
+                           "--xla", "both", "--repeats", "2",
                            "--depth", "8"])
   for xla in ((), ("xla",)):
     assert results[("tfmot", 4) + xla] == 1.0
