@@ -49,6 +49,24 @@ def _uniforms(shape, seed):
   return tf.random.stateless_uniform(shape, seed=[seed, 0], dtype=tf.float64)
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 16])  # 16: the triangular recursion
+def test_suffix_log_esp_matches_brute_force_sums(n):
+  rng = np.random.default_rng(n)
+  # one ordinary group, one with the log-magnitudes of beta = 1e6 (float64 must keep their O(1)
+  # differences)
+  log_x = np.stack([rng.normal(size=n), 1e6 * rng.normal(size=n) + rng.normal(size=n)])
+  table = structured.suffix_log_esp(tf.constant(log_x)).numpy()
+  assert table.shape == (2, n + 1, n + 1)
+  for g, i in itertools.product(range(2), range(n + 1)):
+    for k in range(n + 1):
+      if k > n - i:
+        assert table[g, i, k] < -1e299  # impossible count
+        continue
+      terms = [sum(log_x[g, list(c)]) for c in itertools.combinations(range(i, n), k)]
+      np.testing.assert_allclose(table[g, i, k], np.logaddexp.reduce(terms),
+                                 rtol=1e-12, atol=1e-6)
+
+
 @pytest.mark.parametrize("beta,coupling", [(1.0, 0.2), (3.0, 0.5), (2.0, 0.0)])
 def test_kernel_sampler_matches_brute_force(beta, coupling):
   fields = np.array([0.3, -0.2, 0.05, -0.4], np.float64)

@@ -43,22 +43,38 @@ def _logaddexp(a, b):
 def suffix_log_esp(log_x):
   """S[i, k] = log e_k(x_i, …, x_{n−1}) for i = 0…n, k = 0…n (log elementary symmetric sums).
 
+  Recursion e_k(x_{i:}) = e_k(x_{i+1:}) + x_i e_{k−1}(x_{i+1:}). From n = 16 on, only the
+  n − i + 1 possible counts of row i are computed (e_0 = 1 and e_{n−i} = Π x need no
+  logaddexp): n(n − 1)/2 logaddexps per group instead of n(n + 1), 23 % faster for 5×5 kernels
+  and 34 % for 7×7. Below that the full-width rows are kept: XLA fuses them into fewer loops,
+  and the triangular rows measured 19 % slower for 3×3 kernels (both give the same table).
+
   Args:
     log_x: float64 [G, n], log of the positive weights of G independent groups.
 
   Returns:
-    float64 [G, n + 1, n + 1] (index i, then k); S[n, 0] = 0, impossible entries ≈ −1e300.
+    float64 [G, n + 1, n + 1] (index i, then k); S[n, 0] = 0, impossible entries (k > n − i)
+    ≈ −1e300.
   """
   n = log_x.shape[-1]
   groups = tf.shape(log_x)[0]
-  row = tf.concat([tf.zeros([groups, 1], tf.float64),
-                   tf.fill([groups, n], tf.constant(_NEG, tf.float64))], axis=1)
+  impossible = tf.fill([groups, 1], tf.constant(_NEG, tf.float64))
+  if n < 16:
+    row = tf.concat([tf.zeros([groups, 1], tf.float64)] + [impossible] * n, axis=1)
+    rows = [row]
+    for i in range(n - 1, -1, -1):
+      row = _logaddexp(row, log_x[:, i:i + 1] + tf.concat([impossible, row[:, :-1]], 1))
+      rows.append(row)
+    return tf.stack(rows[::-1], axis=1)
+  row = tf.zeros([groups, 1], tf.float64)  # row n: e_0 of no weights = 1
   rows = [row]
   for i in range(n - 1, -1, -1):
-    shifted = tf.concat([tf.fill([groups, 1], tf.constant(_NEG, tf.float64)), row[:, :-1]], 1)
-    row = _logaddexp(row, log_x[:, i:i + 1] + shifted)
+    log_xi = log_x[:, i:i + 1]
+    row = tf.concat([row[:, :1], _logaddexp(row[:, 1:], log_xi + row[:, :-1]),
+                     log_xi + row[:, -1:]], axis=1)
     rows.append(row)
-  return tf.stack(rows[::-1], axis=1)
+  return tf.stack([tf.pad(row, [[0, 0], [0, n + 1 - row.shape[1]]], constant_values=_NEG)
+                   for row in rows[::-1]], axis=1)
 
 
 def log_count_distribution(log_x):
