@@ -49,8 +49,7 @@ def _uniforms(shape, seed):
   return tf.random.stateless_uniform(shape, seed=[seed, 0], dtype=tf.float64)
 
 
-# the full-width rows (n < _TRIANGULAR_FROM) and the triangular ones
-@pytest.mark.parametrize("n", [1, 2, 5, structured._TRIANGULAR_FROM])
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
 def test_suffix_log_esp_matches_brute_force_sums(n):
   rng = np.random.default_rng(n)
   # one ordinary group, one with the log-magnitudes of beta = 1e6 (float64 must keep their O(1)

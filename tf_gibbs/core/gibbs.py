@@ -160,7 +160,9 @@ class KernelHamiltonian(Hamiltonian):
     # by structured.hash_uniform inside the cluster, as the filter samplers do, and with Q_p in
     # the same cluster, the sampler measured 5-15 % slower: here the two small clusters and the
     # generator run side by side on the inter-op threads.)
-    uniforms = tf.random.stateless_uniform([c_in * filters, n + 1], seed=seed, dtype=tf.float64)
+    # float32: the sampler compares them with float32 probabilities (float64 draws cost twice
+    # the generator's time for nothing).
+    uniforms = tf.random.stateless_uniform([c_in * filters, n + 1], seed=seed, dtype=tf.float32)
     mask = _kernel_sample(squared, threshold, tf.constant(self.c, tf.float64),
                           tf.cast(beta, tf.float64), uniforms)
     return _no_pruning_if_zero(mask, sparsity), threshold

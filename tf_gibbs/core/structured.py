@@ -32,25 +32,23 @@ _NEG = -1e300  # log(0) stand-in that keeps logaddexp finite (−inf − −inf 
 
 
 def _logaddexp(a, b):
-  """log(eᵃ + eᵇ) = max(a, b) + log1p(e^−|a−b|): the max in float64 (it carries the ~βw²
+  """log(eᵃ + eᵇ) = max(a, b) + log(1 + e^−|a−b|): the max in float64 (it carries the ~βw²
   magnitudes), the correction, in [0, log 2], in float32 (absolute error ~1e-7, i.e. a relative
-  error ~1e-7 in the probabilities; float64 transcendentals cost ~1.5× as much on CPU)."""
+  error ~1e-7 in the probabilities; float64 transcendentals cost ~1.5× as much on CPU).
+  log(1 + y) rather than log1p(y) or softplus: with y = e^−gap ∈ (0, 1] its absolute error is
+  as small (≤ ~1.2e-7), and XLA's CPU code for it is ~20 % faster in the kernel sampler."""
   big = tf.maximum(a, b)
   gap = tf.cast(tf.abs(a - b), tf.float32)
-  return big + tf.cast(tf.math.softplus(-gap), big.dtype)
-
-
-_TRIANGULAR_FROM = 16  # weights per group from which suffix_log_esp skips impossible counts
+  return big + tf.cast(tf.math.log(1.0 + tf.exp(-gap)), big.dtype)
 
 
 def suffix_log_esp(log_x):
   """S[i, k] = log e_k(x_i, …, x_{n−1}) for i = 0…n, k = 0…n (log elementary symmetric sums).
 
-  Recursion e_k(x_{i:}) = e_k(x_{i+1:}) + x_i e_{k−1}(x_{i+1:}). From n = 16 on
-  (``_TRIANGULAR_FROM``), only the n − i + 1 possible counts of row i are computed (e_0 = 1 and
-  e_{n−i} = Π x need no logaddexp): n(n − 1)/2 logaddexps per group instead of n(n + 1), 23 %
-  faster for 5×5 kernels and 34 % for 7×7. Below that the full-width rows are kept: XLA fuses them into fewer loops,
-  and the triangular rows measured 19 % slower for 3×3 kernels (both give the same table).
+  Recursion e_k(x_{i:}) = e_k(x_{i+1:}) + x_i e_{k−1}(x_{i+1:}). Row i holds only its n − i + 1
+  possible counts (e_0 = 1 and e_{n−i} = Π x need no logaddexp): n(n − 1)/2 logaddexps per
+  group instead of n(n + 1) for full-width rows, which measured 1.2–2× slower from 3×3 to 7×7
+  kernels.
 
   Args:
     log_x: float64 [G, n], log of the positive weights of G independent groups.
@@ -60,17 +58,7 @@ def suffix_log_esp(log_x):
     ≈ −1e300.
   """
   n = log_x.shape[-1]
-  groups = tf.shape(log_x)[0]
-  if n < _TRIANGULAR_FROM:
-    impossible = tf.fill([groups, 1], tf.constant(_NEG, tf.float64))
-    row = tf.concat([tf.zeros([groups, 1], tf.float64),
-                     tf.fill([groups, n], tf.constant(_NEG, tf.float64))], axis=1)
-    rows = [row]
-    for i in range(n - 1, -1, -1):
-      row = _logaddexp(row, log_x[:, i:i + 1] + tf.concat([impossible, row[:, :-1]], 1))
-      rows.append(row)
-    return tf.stack(rows[::-1], axis=1)
-  row = tf.zeros([groups, 1], tf.float64)  # row n: e_0 of no weights = 1
+  row = tf.zeros([tf.shape(log_x)[0], 1], tf.float64)  # row n: e_0 of no weights = 1
   rows = [row]
   for i in range(n - 1, -1, -1):
     log_xi = log_x[:, i:i + 1]
@@ -141,7 +129,7 @@ def _sample_given_count(log_x, suffix, count, uniforms):
     log_den = tf.gather(suffix[:, i], remaining, batch_dims=1)
     p_take = tf.exp(tf.cast(tf.minimum(log_num - log_den, 0.0), tf.float32))
     p_take = tf.where(remaining > 0, p_take, 0.0)
-    take = tf.cast(tf.cast(uniforms[:, i], tf.float32) < p_take, tf.int32)
+    take = tf.cast(uniforms[:, i] < p_take, tf.int32)
     picks.append(take)
     remaining -= take
   return tf.stack(picks, axis=1)
@@ -168,7 +156,7 @@ def sample_kernel_spins(fields, coupling, beta, uniforms):
   magnetization = 2.0 * k - n
   log_weights = (beta * tf.cast(coupling, tf.float64) * (magnetization**2 - n))[None, :] \
       + suffix[:, 0]  # the common factor exp(−Σh) cancels
-  uniforms = tf.cast(uniforms, tf.float64)
+  uniforms = tf.cast(uniforms, tf.float32)  # every draw compares them with float32 probabilities
   count = _sample_count(log_weights, uniforms[:, 0])
   return tf.cast(_sample_given_count(log_x, suffix, count, uniforms[:, 1:]), tf.float32)
 
