@@ -102,7 +102,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
   def _layer_mask(mask, weight, should_prune):
     """The energy's [n, C, F] mask back in the kernel's shape; all ones before begin_step."""
     mask = tf.reshape(mask, tf.shape(weight))
-    return tf.where(should_prune, mask, tf.ones_like(mask))
+    return tf.maximum(mask, tf.cast(tf.logical_not(should_prune), mask.dtype))  # {0, 1} mask
 
   def _sample(self, weight, step, seed):
     should_prune, sparsity = self.pruning_schedule(step)

@@ -193,12 +193,15 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
       step = self.pruning_step.assign_add(1)
       # One Assert op (assert_greater_equal builds nine per layer, run at every step).
       check = tf.debugging.Assert(step >= 1, [_STEP_ERROR])
-      # A NaN or Inf weight would silently corrupt quantiles, energies and thresholds.
+      # A NaN or Inf weight would silently corrupt quantiles, energies and thresholds. Checked
+      # on a stop_gradient copy: CheckNumerics' gradient is a second CheckNumerics, of the
+      # gradient, which would cost as much again and report a gradient under this message.
       finite = tf.debugging.check_numerics(
-          weight, f"tf_gibbs: layer {self.layer.name!r} has a NaN or Inf weight; pruning "
-          "cannot rank it (check the learning rate, the loss, or the loaded weights)")
-      with tf.control_dependencies([check]):
-        return self.training_weight(finite, tf.identity(step))
+          tf.stop_gradient(weight), f"tf_gibbs: layer {self.layer.name!r} has a NaN or Inf "
+          "weight; pruning cannot rank it (check the learning rate, the loss, or the loaded "
+          "weights)")
+      with tf.control_dependencies([check, finite]):
+        return self.training_weight(tf.identity(weight), tf.identity(step))
 
     def infer():
       return self.inference_weight(weight, tf.identity(self.pruning_step))

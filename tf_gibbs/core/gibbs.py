@@ -112,7 +112,9 @@ class Hamiltonian:
 
 
 def _no_pruning_if_zero(mask, sparsity):
-  return tf.where(tf.cast(sparsity, tf.float32) > 0.0, mask, tf.ones_like(mask))
+  """All ones at sparsity 0. One element-wise max with a scalar (a {0, 1} mask), not a select
+  against a materialized tensor of ones: these run for every layer at every step."""
+  return tf.maximum(mask, tf.cast(tf.cast(sparsity, tf.float32) <= 0.0, mask.dtype))
 
 
 class UnstructuredHamiltonian(Hamiltonian):
