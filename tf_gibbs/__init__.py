@@ -12,6 +12,7 @@ from tf_gibbs.export import run_tflite
 from tf_gibbs.gibbs import GibbsPruning
 from tf_gibbs.l0 import L0Gates
 from tf_gibbs.prune import prune_adaptive
+from tf_gibbs.packing import pack_narrow_convs
 from tf_gibbs.prune import prune_gibbs
 from tf_gibbs.prune import prune_l0
 from tf_gibbs.prune import prune_scope
@@ -36,6 +37,7 @@ __all__ = [
     "UpdatePruningStep",
     "core",
     "export_tflite",
+    "pack_narrow_convs",
     "prune_adaptive",
     "prune_gibbs",
     "prune_l0",
