@@ -140,3 +140,15 @@ def test_bad_input():
     tf_gibbs.pack_narrow_convs(wrapped)
   with pytest.raises(TypeError, match="tf_keras"):
     tf_gibbs.pack_narrow_convs("model")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_packed_model_saves_and_loads(tmp_path, suffix):
+  model = residual_model()
+  _randomize(model, 6)
+  packed, _ = tf_gibbs.pack_narrow_convs(model, tile=8)
+  path = str(tmp_path / f"packed{suffix}")
+  packed.save(path)
+  loaded = keras.models.load_model(path)
+  x = np.random.RandomState(6).randn(2, 10, 12, 5).astype("float32")
+  _same(packed, loaded, x)
