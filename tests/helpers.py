@@ -100,3 +100,20 @@ def check_strip(model, strip, x, wrapper_type):
     w.write_final_weight()
   np.testing.assert_allclose(model.predict(x, verbose=0), wrapped_out, rtol=1e-6, atol=1e-6)
   return stripped, own
+
+
+def random_batchnorm(model, seed=0):
+  """Non-trivial BatchNormalization statistics, so zero filters become nonzero constants."""
+  rng = np.random.RandomState(seed)
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      gamma, beta, mean, var = layer.get_weights()
+      layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.randn(*beta.shape),
+                         rng.randn(*mean.shape), rng.uniform(0.5, 1.5, var.shape)])
+
+
+def random_biases(model, seed=0):
+  rng = np.random.RandomState(seed)
+  for layer in model.layers:
+    if getattr(layer, "use_bias", False) and hasattr(layer, "bias"):
+      layer.bias.assign(rng.randn(*layer.bias.shape).astype("float32"))

@@ -6,6 +6,8 @@ import tf_keras as keras
 
 import tf_gibbs
 from helpers import litert_predict
+from helpers import random_batchnorm
+from helpers import random_biases
 from helpers import Subclassed
 
 L = keras.layers
@@ -13,14 +15,8 @@ L = keras.layers
 
 def _randomize(model, seed=0):
   """Random biases and BatchNormalization statistics (the folds must use all of them)."""
-  rng = np.random.RandomState(seed)
-  for layer in model.layers:
-    if isinstance(layer, L.BatchNormalization):
-      gamma, beta, mean, var = layer.get_weights()
-      layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.randn(*beta.shape),
-                         rng.randn(*mean.shape), rng.uniform(0.5, 1.5, var.shape)])
-    elif getattr(layer, "use_bias", False) and hasattr(layer, "bias"):
-      layer.bias.assign(rng.randn(*layer.bias.shape).astype("float32"))
+  random_batchnorm(model, seed)
+  random_biases(model, seed)
 
 
 def _same(model, packed, x):

@@ -7,6 +7,8 @@ import tf_keras as keras
 import tf_gibbs
 from helpers import compile_model
 from helpers import litert_predict
+from helpers import random_batchnorm
+from helpers import random_biases
 from helpers import random_data
 from helpers import Subclassed
 from helpers import small_cnn
@@ -20,23 +22,6 @@ def _zero_outputs(model, name, channels):
   weights = layer.get_weights()
   weights[0][..., channels] = 0.0
   layer.set_weights(weights)
-
-
-def _random_batchnorm(model, seed=0):
-  """Non-trivial BatchNormalization statistics, so zero filters become nonzero constants."""
-  rng = np.random.RandomState(seed)
-  for layer in model.layers:
-    if isinstance(layer, L.BatchNormalization):
-      gamma, beta, mean, var = layer.get_weights()
-      layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.randn(*beta.shape),
-                         rng.randn(*mean.shape), rng.uniform(0.5, 1.5, var.shape)])
-
-
-def _random_biases(model, seed=0):
-  rng = np.random.RandomState(seed)
-  for layer in model.layers:
-    if getattr(layer, "use_bias", False) and hasattr(layer, "bias"):
-      layer.bias.assign(rng.randn(*layer.bias.shape).astype("float32"))
 
 
 def _assert_same_outputs(model, shrunk, x):
@@ -66,8 +51,8 @@ def sequential_cnn(padding="same"):
 @pytest.mark.parametrize("borders", ["map", "channel"])
 def test_sequential_cnn_loses_its_zero_filters_and_keeps_its_outputs(borders, tmp_path):
   model = sequential_cnn()
-  _random_batchnorm(model)
-  _random_biases(model)
+  random_batchnorm(model)
+  random_biases(model)
   _zero_outputs(model, "conv1", [0, 2, 5])
   _zero_outputs(model, "conv2", [1, 4, 6, 7])
   shrunk, report = tf_gibbs.shrink(model, borders=borders)
@@ -97,8 +82,8 @@ def test_sequential_cnn_loses_its_zero_filters_and_keeps_its_outputs(borders, tm
 
 def test_zero_filters_whose_constants_fold_into_the_bias_all_go():
   model = sequential_cnn(padding="valid")  # constants of removed inputs: same everywhere
-  _random_batchnorm(model)
-  _random_biases(model)
+  random_batchnorm(model)
+  random_biases(model)
   _zero_outputs(model, "conv1", [0, 2, 5])
   shrunk, report = tf_gibbs.shrink(model)
   assert _filters(shrunk, "conv1") == 3 and report["carrier"] == {}
@@ -122,7 +107,7 @@ def resnet_block():
 @pytest.mark.parametrize("borders", ["map", "channel"])
 def test_resnet_block_with_projection_shortcut(borders):
   model = resnet_block()
-  _random_batchnorm(model, seed=1)
+  random_batchnorm(model, seed=1)
   _zero_outputs(model, "conv1", [1, 3, 4, 6])
   # Add ties conv2's and proj's channels: only channels zero in both can go.
   _zero_outputs(model, "conv2", [0, 2, 5])
@@ -147,7 +132,7 @@ def test_mlp_units():
   model = keras.Sequential([keras.Input((12,)), L.Dense(16, activation="tanh", name="d1"),
                             L.Dropout(0.2), L.Dense(10, activation="relu", name="d2"),
                             L.Dense(3, name="out")])
-  _random_biases(model)
+  random_biases(model)
   _zero_outputs(model, "d1", list(range(0, 16, 2)))
   _zero_outputs(model, "d2", [9])
   shrunk, report = tf_gibbs.shrink(model)
@@ -160,7 +145,7 @@ def test_mlp_units():
 def test_a_zero_unit_under_softmax_is_not_constant():
   model = keras.Sequential([keras.Input((6,)), L.Dense(5, activation="softmax", name="soft"),
                             L.Dense(3, name="out")])
-  _random_biases(model)
+  random_biases(model)
   _zero_outputs(model, "soft", [1, 2])  # softmax output 1 still varies with the others
   shrunk, _ = tf_gibbs.shrink(model)
   assert _filters(shrunk, "soft") == 5
@@ -177,7 +162,7 @@ def test_concatenate_and_depthwise_and_reshape():
   h = L.Conv1D(7, 2, name="c1d")(h)
   h = L.Flatten()(h)
   model = keras.Model(inputs, L.Dense(3, name="out")(h))
-  _random_biases(model)
+  random_biases(model)
   _zero_outputs(model, "a", [1])
   _zero_outputs(model, "b", [0, 4])
   _zero_outputs(model, "c1d", [2, 3])
@@ -203,7 +188,7 @@ def test_dynamic_spatial_size_unsupported_and_shared_layers():
   h = L.Add()([shared(h), shared(h)])
   h = L.GlobalMaxPooling2D()(h)
   model = keras.Model(inputs, L.Dense(2, name="out")(h))
-  _random_biases(model)
+  random_biases(model)
   for name in ("conv", "conv2", "shared"):
     _zero_outputs(model, name, [0, 1])
   shrunk, report = tf_gibbs.shrink(model)

@@ -25,10 +25,7 @@ for F = 8: the tile is an argument, not a guess.
 import numpy as np
 
 from tf_gibbs import shrinking
-from tf_gibbs._keras import check_not_keras3
-from tf_gibbs._keras import is_graph_model
 from tf_gibbs._keras import keras
-from tf_gibbs._keras import wrapped_layer_names
 
 L = keras.layers
 _FOLDABLE_ACTIVATIONS = ("relu", "relu6", "elu", "selu", "tanh", "sigmoid", "swish", "gelu",
@@ -90,26 +87,11 @@ def pack_narrow_convs(model, tile=16):
     TypeError: ``model`` is not a tf_keras model, or ``tile`` is not an int.
     ValueError: ``tile`` < 2, or ``model`` is subclassed, not built or still wrapped.
   """
-  check_not_keras3(model, "model")
-  if not isinstance(model, keras.Model):
-    raise TypeError(f"`model` must be a tf_keras Sequential or functional model, got "
-                    f"{type(model).__name__}.")
   if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)):
     raise TypeError(f"`tile` must be an int (16 for AVX-512, 8 for AVX2 / NEON), got {tile!r}.")
   if tile < 2:
     raise ValueError(f"`tile` must be >= 2, got {tile}.")
-  if not is_graph_model(model):
-    raise ValueError(f"pack_narrow_convs needs a Sequential or functional model; `model` is "
-                     f"the subclassed model {type(model).__name__}.")
-  if not model.built or not model.inputs:
-    raise ValueError("`model` is not built: give it an Input before packing it.")
-  wrapped = wrapped_layer_names(model)
-  if wrapped:
-    raise ValueError(f"`model` still holds pruning wrappers {wrapped}: strip it first with "
-                     "`tf_gibbs.strip_pruning(model)`.")
-  if isinstance(model, keras.Sequential):
-    model = keras.Model(model.inputs, model.outputs, name=model.name)
-  graph = shrinking._Graph(model)  # pylint: disable=protected-access
+  graph = shrinking.graph_of(model, "pack_narrow_convs")
   by_input = {}
   for node in graph.nodes:
     for key in node[3]:

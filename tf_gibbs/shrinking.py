@@ -175,6 +175,29 @@ class _Graph:
     self.outputs = [tuple(k) for k in config["output_layers"]]
 
 
+def graph_of(model, caller):
+  """The :class:`_Graph` of a stripped, built Sequential or functional tf_keras ``model``;
+  TypeError or ValueError (naming ``caller``) for anything else."""
+  check_not_keras3(model, "model")
+  if not isinstance(model, keras.Model):
+    raise TypeError(f"`model` must be a tf_keras Sequential or functional model, got "
+                    f"{type(model).__name__}.")
+  if not is_graph_model(model):
+    raise ValueError(f"{caller} needs a Sequential or functional model; `model` is the "
+                     f"subclassed model {type(model).__name__}. Define it as a functional "
+                     "model (the layers and weights can be reused).")
+  if not model.built or not model.inputs:
+    raise ValueError(f"`model` is not built: give the Sequential model an Input (or call "
+                     f"`model.build(input_shape)`) before calling {caller}.")
+  wrapped = wrapped_layer_names(model)
+  if wrapped:
+    raise ValueError(f"`model` still holds pruning wrappers {wrapped}: strip it first with "
+                     "`tf_gibbs.strip_pruning(model)`.")
+  if isinstance(model, keras.Sequential):
+    model = keras.Model(model.inputs, model.outputs, name=model.name)
+  return _Graph(model)
+
+
 def _as_list(x):
   return list(x) if isinstance(x, (list, tuple)) else [x]
 
@@ -212,24 +235,7 @@ def shrink(model, borders="map"):
     TypeError: ``model`` is not a tf_keras model (e.g. a Keras 3 model).
     ValueError: ``model`` is subclassed, not built, or still holds pruning wrappers.
   """
-  check_not_keras3(model, "model")
-  if not isinstance(model, keras.Model):
-    raise TypeError(f"`model` must be a tf_keras Sequential or functional model, got "
-                    f"{type(model).__name__}.")
-  if not is_graph_model(model):
-    raise ValueError(f"shrink needs a Sequential or functional model; `model` is the "
-                     f"subclassed model {type(model).__name__}. Define it as a functional "
-                     "model (the layers and weights can be reused).")
-  if not model.built or not model.inputs:
-    raise ValueError("`model` is not built: give the Sequential model an Input (or call "
-                     "`model.build(input_shape)`) before shrinking it.")
-  wrapped = wrapped_layer_names(model)
-  if wrapped:
-    raise ValueError(f"`model` still holds pruning wrappers {wrapped}: strip it first with "
-                     "`tf_gibbs.strip_pruning(model)`.")
-  if isinstance(model, keras.Sequential):
-    model = keras.Model(model.inputs, model.outputs, name=model.name)
-  graph = _Graph(model)
+  graph = graph_of(model, "shrink")
   if borders not in BORDERS:
     raise ValueError(f"`borders` must be one of {BORDERS}, got {borders!r}.")
   analysis = _analyze(graph, borders)
