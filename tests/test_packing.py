@@ -19,6 +19,16 @@ def _randomize(model, seed=0):
   random_biases(model, seed)
 
 
+def _packed_and_checked(model, tile, seed):
+  """Randomizes ``model``'s biases and statistics, packs it, and checks the outputs on a random
+  batch of its input shape."""
+  _randomize(model, seed)
+  packed, report = tf_gibbs.pack_narrow_convs(model, tile=tile)
+  shape = (2,) + tuple(model.input_shape[1:])
+  _same(model, packed, np.random.RandomState(seed).randn(*shape).astype("float32"))
+  return packed, report
+
+
 def _same(model, packed, x):
   expected, got = model.predict(x, verbose=0), packed.predict(x, verbose=0)
   for e, g in zip(*(o if isinstance(o, list) else [o] for o in (expected, got))):
@@ -40,11 +50,7 @@ def residual_model(width=12, kernel=3):
 
 @pytest.mark.parametrize("tile,factor", [(8, 2), (16, 4)])
 def test_packed_model_computes_the_same_outputs(tile, factor):
-  model = residual_model()
-  _randomize(model)
-  packed, report = tf_gibbs.pack_narrow_convs(model, tile=tile)
-  x = np.random.RandomState(1).randn(3, 10, 12, 5).astype("float32")
-  _same(model, packed, x)
+  packed, report = _packed_and_checked(residual_model(), tile=tile, seed=1)
   # 4 filters: factor tile // 4 (both divide the width 12); 3 filters at tile 8: 2 columns
   assert report["packed"]["narrow"] == {"factor": factor, "folded": ["narrow_bn", "narrow_relu"]}
   assert report["packed"]["narrow_tanh"]["factor"] == {8: 2, 16: 4}[tile] and \
@@ -58,11 +64,9 @@ def test_packed_model_computes_the_same_outputs(tile, factor):
 
 
 def test_factor_falls_back_to_one_that_divides_the_width():
-  model = residual_model(width=10)  # tile 16 / 4 filters = 4 columns, but 10 % 4 != 0 -> 2
-  _randomize(model, 2)
-  packed, report = tf_gibbs.pack_narrow_convs(model, tile=16)
+  # tile 16 / 4 filters = 4 columns, but 10 % 4 != 0 -> 2
+  _, report = _packed_and_checked(residual_model(width=10), tile=16, seed=2)
   assert report["packed"]["narrow"]["factor"] == 2
-  _same(model, packed, np.random.RandomState(2).randn(2, 10, 10, 5).astype("float32"))
 
 
 def test_even_kernel_width_and_odd_width_left_alone():
@@ -73,13 +77,11 @@ def test_even_kernel_width_and_odd_width_left_alone():
   assert report["packed"] == {}
   inputs = keras.Input((6, 8, 2))
   model = keras.Sequential([inputs, L.Conv2D(4, (2, 4), padding="same", name="even")])
-  _randomize(model, 3)
-  packed, report = tf_gibbs.pack_narrow_convs(model, tile=8)
+  _, report = _packed_and_checked(model, tile=8, seed=3)
   assert report["packed"]["even"]["factor"] == 2
-  _same(model, packed, np.random.RandomState(3).randn(2, 6, 8, 2).astype("float32"))
 
 
-def test_not_packed_when_strided_valid_wide_or_followed_by_a_shared_consumer():
+def test_strided_valid_and_wide_convs_left_alone_and_only_sole_consumers_folded():
   inputs = keras.Input((8, 8, 3))
   a = L.Conv2D(4, 3, strides=2, padding="same", name="strided")(inputs)
   b = L.Conv2D(4, 3, padding="valid", name="valid")(inputs)
@@ -92,12 +94,9 @@ def test_not_packed_when_strided_valid_wide_or_followed_by_a_shared_consumer():
   y = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, padding="same", name="conv")(inputs))
   z = L.Conv2D(4, 3, padding="same", name="conv2")(inputs)
   outputs = [L.ReLU(name="r1")(y), L.ReLU(name="r2")(y), L.BatchNormalization(name="bn2")(z), z]
-  model = keras.Model(inputs, outputs)
-  _randomize(model, 4)
-  packed, report = tf_gibbs.pack_narrow_convs(model, tile=8)
+  _, report = _packed_and_checked(keras.Model(inputs, outputs), tile=8, seed=4)
   assert report["packed"] == {"conv": {"factor": 2, "folded": ["bn"]},
                               "conv2": {"factor": 2, "folded": []}}
-  _same(model, packed, np.random.RandomState(4).randn(2, 8, 8, 3).astype("float32"))
 
 
 def test_shrunk_then_packed_model_matches_in_litert():

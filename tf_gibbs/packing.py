@@ -103,7 +103,7 @@ def pack_narrow_convs(model, tile=16):
       return None
     return users[0]
 
-  plans, folded_away = {}, {}
+  plans, folded_away = {}, set()
   for c, layer, _, _, _ in graph.nodes:
     factor = _packing_factor(layer, graph.node_counts[c["name"]], tile)
     if factor < 2:
@@ -116,13 +116,13 @@ def pack_narrow_convs(model, tile=16):
       chain.append(nxt)
       key = (nxt[0]["name"], 0, 0)
       nxt = sole_consumer(key)
-    if nxt is not None and activation == "linear" and _activation_name(nxt[1]):
+    follower_activation = _activation_name(nxt[1]) if nxt is not None else None
+    if activation == "linear" and follower_activation:
       chain.append(nxt)
-      activation = _activation_name(nxt[1])
+      activation = follower_activation
       key = (nxt[0]["name"], 0, 0)
     plans[c["name"]] = (factor, chain, activation, key)
-    for link in chain:
-      folded_away[link[0]["name"]] = c["name"]
+    folded_away.update(link[0]["name"] for link in chain)
 
   tensors, new_layers, weights_to_set = {}, {}, []
   report = {"packed": {}}
@@ -130,7 +130,7 @@ def pack_narrow_convs(model, tile=16):
     name = c["name"]
     if name in folded_away:
       continue
-    if c["class_name"] == "InputLayer" or type(layer) is L.InputLayer:
+    if type(layer) is L.InputLayer:
       tensors[(name, 0, 0)] = L.InputLayer.from_config(c["config"]).output
       continue
     args = [tensors[k] for k in inputs]
