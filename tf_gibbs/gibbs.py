@@ -57,17 +57,25 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
   kernel variable stays unmasked and pruned weights can return (reference behaviour).
 
   Inference: ``test_mode="magnitude"`` keeps the top (1 − p) by magnitude, exactly
-  round(p·n) pruned (deterministic; what stripping writes). ``test_mode="sample"`` draws a new
+  round(p·n) pruned, p the Python number of the schedule rounded once in float64, and never all
+  n: a layer keeps at least one group (a warning names the layer when round(p·n) = n had to be
+  capped to n − 1). Deterministic; what stripping writes. ``test_mode="sample"`` draws a new
   mask at the current β on every call, like the reference code's 'gibbs' test mode.
 
   Args:
     layer: tf_keras Dense, Conv1D, Conv2D or DepthwiseConv2D.
     pruning_schedule: a :class:`tf_gibbs.GibbsSchedule` (default: ``GibbsSchedule()``).
     hamiltonian: ``"unstructured"``, ``"kernel"`` (convolutions) or ``"filter"`` (filters of
-      convolutions, output units of Dense layers).
+      convolutions, output units of Dense layers). The kernel energy's linear term acts on ±1
+      spins (the reference's energy as written), so at c = 0 it keeps a weight with
+      probability σ(2β(w² − Q_p)): the unstructured energy's at twice the β. The chromatic
+      filter sampler's magnetization of colour B uses its true size n·(C_in − ⌊C_in/2⌋) (the
+      reference code uses ⌊C_in/2⌋·n, which differs for odd C_in).
     test_mode: ``"magnitude"`` or ``"sample"``.
     c: coupling of the kernel (default 0.01) or filter (default 1.0) energy.
-    sampler: filter energy only: ``"chromatic"`` (reference MCMC, default) or ``"exact"``.
+    sampler: filter energy only: ``"chromatic"`` (reference MCMC, default) or ``"exact"``
+      (give it ``GibbsSchedule.reference("filter", ..., sampler="exact")``: the reference β
+      ramp, which ends at β = 1, never reaches the target with exact samples).
     mcmc_steps: sweeps of the chromatic sampler (default 50).
     seed: seed of the layer's stateless random stream (mask of step t depends on (seed, t)).
   """
@@ -92,6 +100,15 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   def build_method_variables(self, weight):
     self._view = gibbs_lib.canonical_shape(weight.shape, self.layout)
+
+  def target_groups(self):
+    n, channels, filters = self._view
+    what = "units" if self.layout == "dense" else "filters"
+    groups = {"unstructured": (n * channels * filters, "weights"),
+              "kernel": (channels * filters, "kernels"), "filter": (filters, what)}
+    schedule = self.pruning_schedule
+    return groups[self.hamiltonian] + (max(schedule.target_sparsity,
+                                           schedule.initial_sparsity),)
 
   def beta(self, step=None):
     """Inverse temperature at ``step`` (default: the layer's current step)."""

@@ -145,6 +145,15 @@ class L0Gates(wrapper_lib.PruningWrapper):
     high = (l0_core.OPEN_LOG_ALPHA + self.LOG_ALPHA_MARGIN) / self.gate_lr_multiplier
     return lambda value: tf.clip_by_value(value, low, high)
 
+  GROUP_NAMES = {"weight": "weights", "kernel": "kernels", "filter": "filters", "unit": "units",
+                 "input_unit": "input units"}
+
+  def target_groups(self):
+    if not self.pruning_schedule.has_budget:
+      return None
+    return (math.prod(self.gate_parameter.shape), self.GROUP_NAMES[self.granularity],
+            self.pruning_schedule.target_sparsity)
+
   @property
   def gated_weights(self):
     """Number of weights this layer gates (a Python int)."""

@@ -144,9 +144,16 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
     to_prune: Sequential or functional tf_keras model (cloned; Dense, Conv1D, Conv2D and
       DepthwiseConv2D layers are wrapped, others kept), one such layer, or a list of layers.
     schedule: a :class:`tf_gibbs.GibbsSchedule`; default ``GibbsSchedule()`` (p = 0.9,
-      β 1 → 1e4 over steps 0–10000).
+      β 1 → 1e4 over steps 0–10000). Each layer prunes min(round(p·n), n − 1) of its n
+      groups (weights, kernels or filters): a layer always keeps one, with a warning naming
+      it when the target had to be capped (p = 0.99 on fewer than 50 filters).
     hamiltonian: ``"unstructured"`` (weights), ``"kernel"`` (whole conv kernels live or die
       together; conv layers only) or ``"filter"`` (whole filters / Dense output units).
+      Conventions: the kernel energy acts on ±1 spins, as the reference writes it, so at c = 0
+      its keep probability is σ(2β(w² − Q_p)), the unstructured one's at twice the β; the
+      chromatic filter sampler's colour B has n·(C_in − ⌊C_in/2⌋) spins, and its magnetization
+      uses that true size (the reference code uses ⌊C_in/2⌋·n for it, which differs when C_in
+      is odd).
     test_mode: ``"magnitude"`` (deterministic exact-count mask at inference) or ``"sample"``
       (stochastic inference at the current β, as the reference code's 'gibbs' mode).
     skip: layers to leave dense: a name, a list of names, or ``callable(layer) -> bool``.
@@ -195,7 +202,9 @@ def prune_l0(to_prune, granularity="weight", mode="deterministic", l0_strength=N
     mode: ``"deterministic"`` or ``"stochastic"``.
     l0_strength: λ ≥ 0 (default 1.0); shorthand for ``schedule=L0Schedule(l0_strength, ...)``.
     target_sparsity: None, or a budget in [0, 1): the penalty strength is then adapted so that
-      each layer ends with this fraction of exactly-zero weights; shorthand like l0_strength.
+      each layer ends with this fraction of exactly-zero weights (min(round(s·n), n − 1) of its
+      n gates: a layer keeps at least one gate open, with a warning naming it when the budget
+      had to be capped); shorthand like l0_strength.
     schedule: an :class:`tf_gibbs.L0Schedule` (steps, ramps, budget); give either it or the two
       shorthands.
     skip: layers to leave dense: a name, a list of names, or ``callable(layer) -> bool``.

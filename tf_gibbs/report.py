@@ -66,7 +66,10 @@ def sparsity_report(model, plot=None, print_fn=print):
     print_fn: prints the table line by line (None: print nothing).
 
   Returns:
-    ``{"layers": [per-layer dicts], "total": dict, "shrink": shrink's report or None}``.
+    ``{"layers": [per-layer dicts], "total": dict, "shrink": shrink's report or None}``. Each
+    layer's ``"note"`` is None or, for a wrapped model, why the layer prunes fewer groups than
+    its target (a per-layer target never prunes a layer's last weight, kernel, filter or unit);
+    the printed table lists the notes under it.
   """
   check_not_keras3(model, "model")
   if not isinstance(model, keras.Model):
@@ -75,8 +78,13 @@ def sparsity_report(model, plot=None, print_fn=print):
     raise TypeError(f"`print_fn` must be callable or None, got {print_fn!r}.")
   if plot is not None and not isinstance(plot, (str, os.PathLike)):
     raise TypeError(f"`plot` must be a file path or None, got {type(plot).__name__}.")
+  notes = {}
   if export_lib.is_wrapped(model):
     from tf_gibbs.prune import strip_pruning  # pylint: disable=g-import-not-at-top
+    from tf_gibbs.wrapper import PruningWrapper  # pylint: disable=g-import-not-at-top
+    for layer in walk_layers(model):
+      if isinstance(layer, PruningWrapper) and layer.capped_target() is not None:
+        notes[layer.layer.name] = layer.capped_target()
     model = strip_pruning(model)
   layers = [layer for layer in walk_layers(model) if type(layer) in REPORTED]
   if not layers:
@@ -94,6 +102,7 @@ def sparsity_report(model, plot=None, print_fn=print):
     after = shrunk_layers.get(layer.name)
     row["params_shrunk"] = None if after is None else int(after.count_params())
     row["macs_shrunk"] = None if after is None else _macs(after)
+    row["note"] = notes.get(layer.name)
     rows.append(row)
   total = {key: _sum(rows, key) for key in ("weights", "zeros", "kernels", "zero_kernels",
                                             "filters", "zero_filters", "params",
@@ -145,6 +154,10 @@ def format_report(report):
   total = report["total"]
   lines.append(f"whole model: {total['model_params']} parameters, "
                f"{_fmt(total['model_params_shrunk'])} after shrinking")
+  notes = [row for row in report["layers"] if row.get("note")]
+  if notes:
+    lines.append("notes:")
+    lines.extend(f"  {row['name']}: {row['note']}" for row in notes)
   if report["shrink"] and report["shrink"]["left_as_is"]:
     lines.append("left as is by shrink:")
     lines.extend(f"  {name}: {why}" for name, why in report["shrink"]["left_as_is"].items())

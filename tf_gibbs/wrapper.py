@@ -18,6 +18,7 @@ The step counter is tfmot's: int64, −1 until ``UpdatePruningStep`` sets it to 
 """
 
 import random
+import warnings
 
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import (
@@ -91,6 +92,28 @@ def schedule_custom_objects():
   }
 
 
+def exclude_from_weight_decay(optimizer, variables):
+  """Adds ``variables`` to a Keras optimizer's weight-decay exclusions, keeping the user's.
+
+  Thresholds and gate parameters are not weights: decaying them (AdamW, SGD with
+  ``weight_decay``) would pull every r and log α towards 0, which the reference codes exclude.
+  Keras' own ``exclude_from_weight_decay`` replaces the list and refuses a built optimizer,
+  so the keys are appended directly. Optimizers without weight decay are left alone; a
+  ``LossScaleOptimizer`` passes them to its inner optimizer.
+  """
+  inner = getattr(optimizer, "inner_optimizer", None)
+  if inner is not None:
+    optimizer = inner
+  if optimizer is None or not hasattr(optimizer, "_use_weight_decay"):
+    return
+  keys = list(getattr(optimizer, "_exclude_from_weight_decay", None) or [])
+  for variable in variables:
+    key = optimizer._var_key(variable)  # pylint: disable=protected-access
+    if key not in keys:
+      keys.append(key)
+  optimizer._exclude_from_weight_decay = keys  # pylint: disable=protected-access
+
+
 class _FinalWeightWriter:
   """Stands in for tfmot's ``pruning_obj``: ``UpdatePruningStep`` calls ``weight_mask_op()``
   at every epoch end. We use that moment to write the deployable weight into the variable once
@@ -145,6 +168,29 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
   def inference_weight(self, weight, step):
     return self.deterministic_weight(weight, step)
 
+  def target_groups(self):
+    """(number of groups, their name, largest per-layer target) that the method's per-layer
+    target counts, e.g. (32, "filters", 0.99); None for a method without one."""
+    return None
+
+  # --- the per-layer cap: no layer is pruned away ----------------------------------------------
+
+  def capped_target(self):
+    """None, or why this layer prunes fewer groups than its target asks: a per-layer target
+    prunes min(round(p·n), n − 1) of its n groups (:func:`tf_gibbs.core.ranking.pruned_count`),
+    so a layer always keeps at least one weight, kernel, filter or unit."""
+    from tf_gibbs.core import ranking  # pylint: disable=g-import-not-at-top
+    groups = self.target_groups() if self.built else None
+    if groups is None:
+      return None
+    n, what, target = groups
+    count, capped = ranking.python_pruned_count(n, target)
+    if not capped:
+      return None
+    return (f"layer {self.layer.name!r}: target_sparsity {target:g} would prune all {n} "
+            f"{what}; capped at {count} of {n} (sparsity {count / n:.4f}) so that the layer "
+            "keeps one and is not pruned away")
+
   # --- Keras ------------------------------------------------------------------------------------
 
   def add_weight(self, *args, **kwargs):
@@ -174,6 +220,14 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     self.pruning_obj = _FinalWeightWriter(self)
     self.build_method_variables(weight)
     self.built = True
+    # Built inside the first training step (a subclassed model): the step callback left the
+    # optimizer here so that the method's own variables escape its weight decay.
+    optimizer = getattr(self, "_weight_decay_optimizer", None)
+    if optimizer is not None:
+      exclude_from_weight_decay(optimizer, self._trainable_weights)
+    capped = self.capped_target()
+    if capped is not None:
+      warnings.warn(f"tf_gibbs: {capped}.", UserWarning, stacklevel=2)
 
   @property
   def mask(self):

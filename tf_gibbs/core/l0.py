@@ -201,8 +201,16 @@ def group_importance(weight_view, gates):
   return tf.reduce_sum(squared, axis=axes, keepdims=True) if axes else squared
 
 
+def budget_fraction(n, sparsity):
+  """The fraction of n gates the budget closes: :func:`tf_gibbs.core.ranking.pruned_count`
+  (n, s) / n as float32 — round(s·n) / n, capped at (n − 1)/n so that a layer keeps one gate.
+  The controller aims at this reachable fraction, not at s itself."""
+  return tf.cast(ranking.pruned_count(n, sparsity), tf.float32) / float(n)
+
+
 def budget_targets(importance, sparsity):
-  """1 for the round(s·n) gates of smallest ``importance`` (ties by position), else 0.
+  """1 for the round(s·n) gates of smallest ``importance`` (ties by position), else 0; never
+  all n (the largest stays open, :func:`tf_gibbs.core.ranking.pruned_count`).
 
   Budget mode penalizes only these gates (a *targeted* L0 penalty, our addition): the gates the
   budget asks to close are pushed towards 0 while the others are left to the task loss. With a
@@ -258,8 +266,9 @@ def training_step(weight, mask, parameter, targets, log_factor, step, noise, *, 
         lambda: budget_targets(group_importance(weight_view, tf.stop_gradient(deterministic)),
                                target),
         lambda: targets)
+    reachable = budget_fraction(math.prod(parameter.shape), target)
     factor = tf.clip_by_value(
-        log_factor + schedule.budget_gain * (target - closed_fraction(deterministic)),
+        log_factor + schedule.budget_gain * (reachable - closed_fraction(deterministic)),
         -20.0, 20.0)
     log_factor = tf.where(tf.logical_and(should_prune, tf.logical_not(finished)), factor,
                           log_factor)
