@@ -64,7 +64,8 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
   and TensorBoard through tfmot's ``PruningSummaries`` (the ``threshold`` and ``mask``
   variables).
 
-  Forward (training and inference): Ŵ = W · 1[|W| > b], b = clip(r, 0, 5) · std(W), with the
+  Forward (training and inference): Ŵ = W · 1[|W| > b], b = clip(r, 0, 5) · std(W) (std
+  unbiased, ÷(N − 1), as the reference code's ``torch.std``), with the
   straight-through gradients of :func:`tf_gibbs.core.adaptive.masked_straight_through` (all
   weights keep learning; r learns through the pruned weights). At the schedule's ``end_step`` the mask
   freezes (after the ``exact_budget`` correction) and the kept weights fine-tune under it; the
@@ -76,6 +77,11 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
   loaded model keeps its budget loss. r is stored as r / ``r_lr_multiplier`` and used through
   :func:`tf_gibbs.core.l0.scaled_parameter`, so it learns ``r_lr_multiplier`` times as fast as
   the weights with any optimizer (the paper trains r at lr/100 with its own optimizer group).
+  r is projected back into [0, 5] after every optimizer update, and the clip passes its
+  gradient straight through, so an r that leaves the range always comes back (with the
+  reference's clamp an r below 0 has no gradient and the layer stays dense). r is excluded from
+  the optimizer's weight decay (``tf_gibbs.UpdatePruningStep`` does it at the start of ``fit``),
+  as in the reference code.
   We threshold |W| without the reference code's in-place re-centring of W to zero mean: a
   wrapper that mutates the weights at every step would break resuming and stripping.
 
@@ -120,9 +126,12 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
   # --- variables --------------------------------------------------------------------------------
 
   def build_method_variables(self, weight):
+    # Projected back into [0, 5] (in units of r) after every optimizer update.
+    high = adaptive_core.R_MAX / self.r_lr_multiplier
     self.r_parameter = self.add_weight(
         "r", shape=[], dtype=tf.float32, trainable=True,
-        initializer=keras.initializers.Constant(self.initial_r / self.r_lr_multiplier))
+        initializer=keras.initializers.Constant(self.initial_r / self.r_lr_multiplier),
+        constraint=lambda value: tf.clip_by_value(value, 0.0, high))
     params = weight.shape.num_elements()
     output_shape = self.layer.compute_output_shape(self.layer._build_input_shape)
     positions = math.prod(int(d) for d in output_shape[1:-1])

@@ -9,11 +9,16 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 from tf_gibbs import adaptive as adaptive_lib
 from tf_gibbs import gibbs as gibbs_lib
+from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import keras
 
 
 class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
   """tfmot's ``UpdatePruningStep``, plus a warning when there is nothing to update and β in logs.
+
+  It also excludes the wrappers' own trainable variables (adaptive thresholds r, L0 gate
+  parameters log α) from the optimizer's weight decay (AdamW, ``weight_decay=``), as the
+  reference codes do; tfmot's callback does not, so use this one with such an optimizer.
 
   At the start of ``fit`` it sets every wrapper's step counter from −1 to 0 (the wrappers count
   training steps themselves); at each epoch end it asks each wrapper to write its deployable
@@ -34,9 +39,14 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
     # A newly created model's steps go from −1 to 0; a restored one keeps its steps. Wrappers
     # not built yet (in a subclassed model they are built inside the first training step) are
     # told to start at 0 (tfmot's callback reads the step of the first wrapper and fails there).
+    optimizer = getattr(self.model, "optimizer", None)
     for layer in self.prunable_layers:
       if not layer.built:
         layer._initial_pruning_step = 0  # pylint: disable=protected-access
+        layer._weight_decay_optimizer = optimizer  # pylint: disable=protected-access
+      elif isinstance(layer, wrapper_lib.PruningWrapper):
+        # Thresholds and gate parameters are not weights: no weight decay on them.
+        wrapper_lib.exclude_from_weight_decay(optimizer, layer._trainable_weights)  # pylint: disable=protected-access
     built = [layer for layer in self.prunable_layers if layer.built]
     if built and int(keras.backend.get_value(built[0].pruning_step)) == -1:
       keras.backend.batch_set_value([(layer.pruning_step, 0) for layer in built])

@@ -1,7 +1,8 @@
 """Adaptive sparsity loss (Retsinas et al., arXiv 2006.02768) in plain TensorFlow.
 
 One trainable scalar r per layer sets the layer's magnitude threshold b = clip(r, 0, 5) · std(W)
-(std without gradient); the forward pass uses the hard-thresholded weight and a budget loss on the
+(std without gradient, unbiased as in the reference code; the clip passes its gradient straight
+through, so r can always come back into range); the forward pass uses the hard-thresholded weight and a budget loss on the
 parameter- (or FLOP-) weighted density drives the whole network to a target sparsity.
 
 Nothing here knows about Keras.
@@ -18,10 +19,32 @@ R_MAX = 5.0  # the reference code clamps r to [0, 5]
 ESTIMATES = ("measured", "erf")
 
 
-def threshold(weight, r):
-  """b = clip(r, 0, 5) · std(W): the gradient reaches r, not W (reference code)."""
+def clip_r(r):
+  """clip(r, 0, 5) forward, with a straight-through (identity) gradient.
+
+  Inside [0, 5] this is the reference code's clamp. Outside it, the reference's clamp has a
+  zero gradient, so an r pushed below 0 (or above 5) would never come back: the layer would
+  stay dense for the rest of training. The wrappers also project r into [0, 5] after every
+  optimizer update (a variable constraint); the straight-through gradient is what lets it
+  recover where no constraint runs (a hand-written update, r set by the user).
+  """
+  r = tf.convert_to_tensor(r)
+  return r + tf.stop_gradient(tf.clip_by_value(r, 0.0, R_MAX) - r)
+
+
+def unbiased_std(weight):
+  """sqrt(Σ (w − mean)² / (N − 1)): the reference code's ``torch.std`` (Bessel-corrected)."""
   weight = tf.convert_to_tensor(weight)
-  return tf.clip_by_value(r, 0.0, R_MAX) * tf.stop_gradient(tf.math.reduce_std(weight))
+  n = weight.shape.num_elements()
+  variance = tf.reduce_mean(tf.square(weight - tf.reduce_mean(weight)))
+  return tf.sqrt(variance * (n / max(n - 1, 1)))
+
+
+def threshold(weight, r):
+  """b = clip(r, 0, 5) · std(W), std the unbiased one (÷(N − 1), as the reference code's
+  ``torch.std``); the gradient reaches r (straight through the clip, :func:`clip_r`), not W."""
+  weight = tf.convert_to_tensor(weight)
+  return clip_r(r) * tf.stop_gradient(unbiased_std(weight))
 
 
 def masked_straight_through(weight, mask, b, straight_through=True):
@@ -79,7 +102,7 @@ def erf_density(r):
   Exact for Gaussian weights; heavier-tailed weights (what training produces) have more weights
   near zero, so at high targets the real zero fraction is below the estimate (methods.md §2).
   """
-  return 1.0 - tf.math.erf(tf.clip_by_value(r, 0.0, R_MAX) / math.sqrt(2.0))
+  return 1.0 - tf.math.erf(clip_r(r) / math.sqrt(2.0))
 
 
 def corrected_density(kept_fraction, r):
