@@ -5,8 +5,8 @@ from the weight magnitudes; see ``methods.md`` §1. A :class:`Hamiltonian` bundl
 needs of one energy: the exact sampler for training and the deterministic, exact-count mask for
 inference and deployment. Nothing here knows about Keras.
 
-Randomness is stateless (``tf.random.stateless_uniform`` for the unstructured and kernel
-energies; the filter samplers use :func:`tf_gibbs.core.structured.hash_uniform`, a counter-based
+Randomness is stateless (:func:`tf_gibbs.core.structured.stateless_open_uniform` for the
+unstructured and kernel energies; the filter samplers use :func:`tf_gibbs.core.structured.hash_uniform`, a counter-based
 hash that gives the same numbers inside and outside their XLA clusters) and keyed by a ``seed`` tensor of shape [2]: the wrappers pass (layer seed, training step), so a step's mask is a pure function of the
 weights and the step. That makes resumed runs reproducible and gives every replica of a
 ``tf.distribute`` step the same mask, with no random-generator state to checkpoint.
@@ -41,7 +41,8 @@ def sample_unstructured_mask(weights, sparsity, beta, seed):
     sparsity: target pruned fraction p in [0, 1). At p = 0 nothing is pruned (our choice: the
       reference formula would still drop weights near the minimum with probability ½).
     beta: inverse temperature β > 0.
-    seed: int tensor of shape [2] for ``tf.random.stateless_uniform``.
+    seed: int tensor of shape [2] for ``tf.random.stateless_uniform`` (uniforms in (0, 1), so a
+      weight whose keep probability is 0 is never kept).
 
   Returns:
     (mask, threshold): float32 mask of ``weights``' shape, and the float32 scalar Q_p.
@@ -49,7 +50,7 @@ def sample_unstructured_mask(weights, sparsity, beta, seed):
   squared = tf.square(tf.cast(weights, tf.float32))
   threshold = ranking.quantile(squared, sparsity)
   keep_probability = unstructured_keep_probability(squared, threshold, beta)
-  uniform = tf.random.stateless_uniform(tf.shape(squared), seed=seed, dtype=tf.float32)
+  uniform = structured.stateless_open_uniform(tf.shape(squared), seed)
   mask = tf.cast(uniform < keep_probability, tf.float32)
   return _no_pruning_if_zero(mask, sparsity), threshold
 
@@ -164,7 +165,7 @@ class KernelHamiltonian(Hamiltonian):
     # generator run side by side on the inter-op threads.)
     # float32: the sampler compares them with float32 probabilities (float64 draws cost twice
     # the generator's time for nothing).
-    uniforms = tf.random.stateless_uniform([c_in * filters, n + 1], seed=seed, dtype=tf.float32)
+    uniforms = structured.stateless_open_uniform([c_in * filters, n + 1], seed)
     mask = _kernel_sample(squared, threshold, tf.constant(self.c, tf.float64),
                           tf.cast(beta, tf.float64), uniforms)
     return _no_pruning_if_zero(mask, sparsity), threshold

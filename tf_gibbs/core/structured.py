@@ -142,7 +142,8 @@ def sample_kernel_spins(fields, coupling, beta, uniforms):
     fields: float [G, n], b_i = Q − w_i² per kernel.
     coupling: c ≥ 0.
     beta: β > 0.
-    uniforms: float [G, n + 1] in [0, 1): one for the magnetization, n for the configuration.
+    uniforms: float [G, n + 1] in (0, 1) (:func:`stateless_open_uniform`): one for the
+      magnetization, n for the configuration.
 
   Returns:
     float32 [G, n] keep mask (1 for s_i = +1).
@@ -174,7 +175,7 @@ def sample_filter_spins(fields_a, fields_b, coupling, beta, uniforms):
     fields_b: float [G, n_B], b_i of colour B (n_B ≥ 1).
     coupling: c ≥ 0.
     beta: β > 0.
-    uniforms: float [G, 1 + n_A + n_B] in [0, 1).
+    uniforms: float [G, 1 + n_A + n_B] in (0, 1) (:func:`hash_uniform`).
 
   Returns:
     (keep_a, keep_b): float32 masks [G, n_A] and [G, n_B].
@@ -210,8 +211,26 @@ def _mix32(x):
   return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
 
 
+_HALF_STEP_23 = 2.0**-24  # half of the 2⁻²³ grid of float32 uniforms: exact in float32
+
+
+def stateless_open_uniform(shape, seed):
+  """float32 uniforms in the open interval (0, 1), keyed by ``seed`` (shape [2]).
+
+  ``tf.random.stateless_uniform`` returns k · 2⁻²³ in [0, 1) (23 random bits, the same grid on
+  CPU and under XLA), so u = 0 comes up with probability 2⁻²³, and ``u < p`` then accepts an
+  event of any probability p > 0 (a state of probability 5.7e-12 was drawn). We return
+  (k + ½) · 2⁻²³ ∈ [2⁻²⁴, 1 − 2⁻²⁴], exact in float32: every draw compares as ``u < p``, so an
+  event of probability 0 never happens and P(u < p) differs from p by at most 2⁻²⁴.
+  """
+  return tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32) + _HALF_STEP_23
+
+
 def hash_uniform(seed, index, shape):
-  """Uniforms in [0, 1) as a counter-based hash of (seed, index, position): 24 random bits each.
+  """Uniforms in the open interval (0, 1) as a counter-based hash of (seed, index, position).
+
+  23 random bits each, returned as (k + ½) · 2⁻²³ (like :func:`stateless_open_uniform`): never
+  0 or 1, so a probability-0 event is never drawn, and exact in float32.
 
   Used by the chromatic sampler instead of ``stateless_uniform``: drawn inside the sweep loop,
   XLA's Philox generator took ~1 ms per sweep on CPU, and drawn up front for all sweeps, XLA
@@ -223,7 +242,7 @@ def hash_uniform(seed, index, shape):
                         + _mix32(tf.cast(index, tf.uint32))))
   count = tf.cast(tf.reshape(tf.range(math.prod(shape)), shape), tf.uint32)
   bits = _mix32(_mix32(count + key) ^ key)
-  return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
+  return tf.cast(tf.bitwise.right_shift(bits, 9), tf.float32) * (1.0 / (1 << 23)) + _HALF_STEP_23
 
 
 def sample_filter_chromatic(fields_a, fields_b, coupling, beta, seed, sweeps, start_a, start_b):
