@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 
 import tf_gibbs
@@ -149,6 +150,40 @@ def test_a_zero_unit_under_softmax_is_not_constant():
   _zero_outputs(model, "soft", [1, 2])  # softmax output 1 still varies with the others
   shrunk, _ = tf_gibbs.shrink(model)
   assert _filters(shrunk, "soft") == 5
+  _assert_same_outputs(model, shrunk, np.random.RandomState(0).randn(10, 6))
+
+
+@pytest.mark.parametrize("activation", [
+    tf.nn.softmax, lambda z: tf.math.l2_normalize(z, axis=-1), tf.nn.log_softmax,
+    lambda z: z / tf.reduce_sum(tf.abs(z), axis=-1, keepdims=True)],
+    ids=["tf.nn.softmax", "l2_normalize", "tf.nn.log_softmax", "custom"])
+@pytest.mark.parametrize("where", ["dense", "layer"])
+def test_channels_stay_through_activations_that_may_mix_them(activation, where):
+  inputs = keras.Input((6,))
+  if where == "dense":
+    h = L.Dense(5, activation=activation, name="fc")(inputs)
+  else:
+    h = L.Activation(activation, name="act")(L.Dense(5, name="fc")(inputs))
+  model = keras.Model(inputs, L.Dense(3, name="out")(h))
+  random_biases(model)
+  _zero_outputs(model, "fc", [1, 2])
+  shrunk, report = tf_gibbs.shrink(model)
+  assert _filters(shrunk, "fc") == 5
+  _assert_same_outputs(model, shrunk, np.random.RandomState(0).randn(10, 6))
+  reason = report["left_as_is"]["fc" if where == "dense" else "act"]
+  assert "not known to be element-wise" in reason
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "swish", tf.nn.relu6, tf.nn.leaky_relu,
+                                        "hard_sigmoid", "selu"])
+def test_zero_units_go_through_elementwise_activations(activation):
+  inputs = keras.Input((6,))
+  h = L.Activation(activation, name="act")(L.Dense(5, name="fc")(inputs))
+  model = keras.Model(inputs, L.Dense(3, name="out")(h))
+  random_biases(model)
+  _zero_outputs(model, "fc", [1, 2])
+  shrunk, report = tf_gibbs.shrink(model)
+  assert _filters(shrunk, "fc") == 3 and not report["left_as_is"]
   _assert_same_outputs(model, shrunk, np.random.RandomState(0).randn(10, 6))
 
 
