@@ -7,7 +7,11 @@ carry no information and the matching input channels of every consumer.
 Which channels go. A channel is *constant* when its value does not depend on the model's input:
 a filter whose weights on every non-constant input channel are zero outputs act(b + c), c the
 contribution of constant input channels, everywhere; BatchNormalization, activations, pooling,
-dropout and elementwise merges of constant channels stay constant. A constant channel is not a
+dropout and elementwise merges of constant channels stay constant. Only activations known to be
+element-wise (relu, relu6, sigmoid, tanh, swish/silu, gelu, elu, selu, softplus, hard_sigmoid,
+leaky relu, linear, ...; matched by identity) pass channels through; any other activation
+(softmax, l2-normalize, a custom function) keeps every channel of its layer, and the report
+says why. A constant channel is not a
 zero channel (a zero filter followed by BatchNormalization outputs β − γμ/σ), so removing it
 alone would change the outputs. Instead, its contribution to each consumer is folded in:
 
@@ -61,7 +65,41 @@ _CHANNELWISE = (
     L.BatchNormalization)
 _MERGES = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 _PRODUCERS = (L.Conv1D, L.Conv2D, L.Conv3D, L.Dense)
-_CROSS_CHANNEL_ACTIVATIONS = ("softmax", "log_softmax")
+# Activations known to act on each element alone, so channel i of act(z) depends on z_i only.
+# Matched by identity (a user function that happens to be called "relu" is not trusted);
+# anything else (softmax, tf.nn.softmax = softmax_v2, l2-normalize, a lambda) mixes or may mix
+# channels: its layer keeps all channels, and the report says why.
+_ELEMENTWISE_ACTIVATION_NAMES = (
+    "linear", "relu", "relu6", "sigmoid", "tanh", "swish", "silu", "gelu", "elu", "selu",
+    "softplus", "softsign", "hard_sigmoid", "hard_silu", "hard_swish", "exponential",
+    "leaky_relu", "mish", "log_sigmoid", "exp", "abs", "square", "negative")
+
+
+def _elementwise_activations():
+  found = set()
+  for module in (keras.activations, tf.nn, tf.math):
+    for name in _ELEMENTWISE_ACTIVATION_NAMES:
+      function = getattr(module, name, None)
+      if callable(function):
+        found.add(function)
+  return found
+
+
+_ELEMENTWISE_ACTIVATIONS = _elementwise_activations()
+
+
+def _activation_name(activation):
+  return getattr(activation, "__name__", None) or type(activation).__name__
+
+
+def _mixes_channels(activation):
+  """True unless ``activation`` is one of the known element-wise activations."""
+  return activation is not None and activation not in _ELEMENTWISE_ACTIVATIONS
+
+
+def _mixing_reason(activation):
+  return (f"activation {_activation_name(activation)!r} is not known to be element-wise "
+          "(it may mix channels): its output channels are kept")
 BORDERS = ("channel", "map")
 
 
@@ -118,9 +156,8 @@ def _kind(layer, node_count):
   if t in _CHANNELWISE:
     if t is L.BatchNormalization and list(layer.axis) != [len(layer.input_shape) - 1]:
       return "fixed", f"BatchNormalization over axis {layer.axis}, not the channel axis"
-    if t is L.Activation and getattr(layer.activation, "__name__", "") in \
-        _CROSS_CHANNEL_ACTIVATIONS:
-      return "fixed", "activation across channels"
+    if t is L.Activation and _mixes_channels(layer.activation):
+      return "fixed", _mixing_reason(layer.activation)
     return "channelwise", None
   if t in _MERGES:
     return "channelwise", None
@@ -282,13 +319,17 @@ def _analyze(graph, borders):
       reaches = np.abs(kernel[..., varying_in, :]).reshape(-1, kernel.shape[-1]).max(
           axis=0, initial=0.0) > 0
       const = ~reaches & uniform
-      if getattr(layer.activation, "__name__", "") in _CROSS_CHANNEL_ACTIVATIONS:
-        const[:] = False  # softmax(z)_j depends on every z
+      if _mixes_channels(layer.activation):
+        const[:] = False  # e.g. softmax(z)_j depends on every z
+        left_as_is[c["name"]] = _mixing_reason(layer.activation)
     elif kind == "depthwise":
       kernel = layer.depthwise_kernel.numpy()
       multiplier = kernel.shape[-1]
       dead = np.abs(kernel).reshape(-1, *kernel.shape[-2:]).max(axis=0) == 0  # (C, m)
       const = (dead | cmask[inputs[0]][:, None]).reshape(-1) & uniform
+      if _mixes_channels(layer.activation):
+        const[:] = False
+        left_as_is[c["name"]] = _mixing_reason(layer.activation)
       channels = np.arange(kernel.shape[-2])
       links.append((inputs[0], out_key, np.repeat(channels, multiplier),
                     np.arange(channels.size * multiplier)))
@@ -402,6 +443,9 @@ def _rebuild(graph, a):
   for c, layer, i, inputs, kwargs in graph.nodes:
     name, kind = c["name"], a["kinds"][c["name"]]
     cfg = dict(c["config"])
+    if "activation" in cfg and callable(getattr(layer, "activation", None)):
+      # The function itself: a lambda or tf.nn.log_softmax does not survive its config.
+      cfg["activation"] = layer.activation
     if kind == "input":
       new = L.InputLayer.from_config(cfg)
       tensors[(name, 0, 0)] = new.output
