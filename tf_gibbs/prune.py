@@ -62,9 +62,9 @@ def _check_model(model, argument):
 def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=None):
   """Wraps the supported layers of ``to_prune`` with ``make_wrapper(layer, index)``.
 
-  ``to_prune`` is a Sequential or functional tf_keras model (cloned, like tfmot; unsupported
-  layers are kept as they are, and share their weights with the original), one layer, or a list
-  of layers. ``skip`` names layers (or a predicate) to leave dense. ``fits(layer)`` returns
+  ``to_prune`` is a Sequential or functional tf_keras model (cloned: every layer is rebuilt
+  from its config with a copy of its weights, so training, stripping or shrinking the pruned
+  model never changes the original), one layer, or a list of layers (wrapped as they are). ``skip`` names layers (or a predicate) to leave dense. ``fits(layer)`` returns
   None or the reason why the method cannot prune a supported layer: in a model such layers are
   left dense with a warning that names them (a single layer raises). Shared by every
   ``prune_*`` function so the methods validate and traverse models the same way.
@@ -84,21 +84,37 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=Non
   if isinstance(to_prune, keras.Model):
     _check_model(to_prune, "to_prune")
     skipped = _skip_predicate(skip, to_prune)
-    wrapped, unfit = [], []
+    wrapped, unfit, copies, shared = [], [], [], []
+
+    def copy_of(layer):
+      """A new layer of the same config; its weights are copied once the model is built."""
+      try:
+        copy = type(layer).from_config(layer.get_config())
+      except Exception:  # pylint: disable=broad-except  (a layer whose config cannot rebuild it)
+        shared.append(layer.name)
+        return layer
+      copies.append((copy, layer))
+      return copy
 
     def clone(layer):
       if isinstance(layer, keras.Model):
         _check_model(layer, f"nested model {layer.name}")
         return keras.models.clone_model(layer, input_tensors=None, clone_function=clone)
       if wrapper_lib.prunable_weight_name(layer) is None or skipped(layer):
-        return layer
+        return copy_of(layer)
       if fits is not None and fits(layer) is not None:
         unfit.append(layer.name)
-        return layer
+        return copy_of(layer)
       wrapped.append(layer.name)
-      return make_wrapper(layer, len(wrapped) - 1)
+      return make_wrapper(copy_of(layer), len(wrapped) - 1)
 
     model = keras.models.clone_model(to_prune, input_tensors=None, clone_function=clone)
+    for copy, layer in copies:  # the pruned model owns its weights: the user's never change
+      copy.set_weights(layer.get_weights())
+    if shared:
+      warnings.warn(f"{api_name}: layers {shared} cannot be rebuilt from their config, so the "
+                    "pruned model shares them (and their weights) with the original model: "
+                    "training it changes them there too.", stacklevel=3)
     if unfit and wrapped:
       reason = fits(_layer_named(to_prune, unfit[0]))
       warnings.warn(f"{api_name}: layers {unfit} are left dense: {reason}",

@@ -1,0 +1,98 @@
+"""No shared state with the user's model, one step per training step, no silent results (#20)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import tf_gibbs
+from helpers import compile_model
+from helpers import random_data
+from helpers import small_cnn
+from helpers import wrappers
+
+L = keras.layers
+
+PRUNE = {
+    "gibbs": lambda m: tf_gibbs.prune_gibbs(m, tf_gibbs.GibbsSchedule(0.5, end_step=4)),
+    "l0": lambda m: tf_gibbs.prune_l0(m, schedule=tf_gibbs.L0Schedule(target_sparsity=0.5,
+                                                                      end_step=4)),
+    "adaptive": lambda m: tf_gibbs.prune_adaptive(m, 0.5, min_weights=10, end_step=4),
+}
+
+
+def _fit(model, epochs=2, x=None, y=None):
+  if x is None:
+    x, y = random_data(16)
+  compile_model(model)
+  model.fit(x, y, batch_size=8, epochs=epochs, verbose=0,
+            callbacks=[tf_gibbs.UpdatePruningStep()])
+  return model
+
+
+# --- 2. the user's model never changes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", sorted(PRUNE))
+def test_pruning_training_and_stripping_leave_the_original_model_unchanged(method):
+  model = small_cnn()
+  before = [w.copy() for w in model.get_weights()]
+  x, _ = random_data(4)
+  expected = model.predict(x, verbose=0)
+  pruned = _fit(PRUNE[method](model), epochs=3)  # past end_step: the epoch-end write ran
+  tf_gibbs.strip_pruning(pruned)
+  for b, a in zip(before, model.get_weights()):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(model.predict(x, verbose=0), expected)
+  # The pruned model starts from the original's weights.
+  fresh = PRUNE[method](model)
+  own = {id(v) for v in model.weights}
+  assert not [v.name for v in fresh.weights if id(v) in own]
+
+
+def test_pruning_one_model_twice_gives_independent_models():
+  model = small_cnn()
+  first, second = PRUNE["gibbs"](model), PRUNE["gibbs"](model)
+  ids = {id(v) for v in first.weights}
+  assert not [v.name for v in second.weights if id(v) in ids]
+  _fit(first)
+  np.testing.assert_array_equal(wrappers(second)[0].layer.kernel.numpy(),
+                                model.get_layer("conv1").kernel.numpy())
+
+
+def test_activity_regularizer_keeps_working_in_the_pruned_model():
+  inputs = keras.Input((8,))
+  h = L.Dense(6, name="fc", activity_regularizer=keras.regularizers.L2(0.5))(inputs)
+  model = keras.Model(inputs, L.Dense(2, name="out")(h))
+  pruned = tf_gibbs.prune_gibbs(model, tf_gibbs.GibbsSchedule(0.5, end_step=4), skip=["out"])
+  x = np.random.RandomState(0).randn(4, 8).astype("float32")
+  pruned(x, training=False)
+  fc = pruned.get_layer(wrappers(pruned)[0].name)
+  expected = 0.5 * np.sum(np.square(fc(x, training=False).numpy())) / 4
+  pruned(x, training=False)
+  np.testing.assert_allclose(sum(float(l) for l in pruned.losses), expected, rtol=1e-5)
+  pruned.compile("adam", "mse")
+  pruned.fit(x, np.zeros((4, 2)), epochs=1, verbose=0, callbacks=[tf_gibbs.UpdatePruningStep()])
+
+
+# --- 3. a shared layer counts one step per training step and uses one mask ---------------------
+
+
+def test_shared_wrapper_counts_one_step_and_uses_one_mask_per_step():
+  shared = tf_gibbs.prune_gibbs(L.Dense(6, name="shared"),
+                                tf_gibbs.GibbsSchedule(0.5, beta_begin=1e-3, beta_end=1e-3,
+                                                       end_step=100))
+  a, b = keras.Input((8,)), keras.Input((8,))
+  ha, hb = shared(a), shared(b)
+  model = keras.Model([a, b], L.Subtract()([ha, hb]))
+  x = np.random.RandomState(0).randn(8, 8).astype("float32")
+  model.compile("sgd", "mse")
+  model.fit([x, x], np.zeros((8, 6)), batch_size=8, epochs=3, verbose=0,
+            callbacks=[tf_gibbs.UpdatePruningStep()])
+  assert int(shared.pruning_step) == 3
+  # Identical inputs through one mask give identical outputs: the difference is exactly 0 in
+  # training mode too (at β = 1e-3 two masks would differ almost surely). In a traced step,
+  # as in fit; called eagerly, every call of a wrapper is a step of its own.
+  out = tf.function(lambda a, b: model([a, b], training=True))(x, x).numpy()
+  assert int(shared.pruning_step) == 4
+  np.testing.assert_array_equal(out, np.zeros_like(out))
