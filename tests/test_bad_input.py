@@ -160,6 +160,54 @@ def test_nan_or_inf_weights_stop_training_and_stripping_with_a_clear_error(metho
     tf_gibbs.strip_pruning(_finish(model))
 
 
+def _state_variable(wrapper, variable):
+  return {"r": lambda: wrapper.r_parameter, "gate_parameter": lambda: wrapper.gate_parameter,
+          "log_penalty_factor": lambda: wrapper.log_penalty_factor,
+          "bias": lambda: wrapper.layer.bias}[variable]()
+
+
+@pytest.mark.parametrize("method,variable", [("adaptive", "r"), ("l0", "gate_parameter"),
+                                             ("l0", "log_penalty_factor"), ("gibbs", "bias")])
+def test_nan_in_method_state_or_bias_stops_training_and_stripping_naming_the_variable(
+    method, variable):
+  model = METHODS[method]()
+  wrapper = wrappers(model)[0]
+  state = _state_variable(wrapper, variable)
+  value = np.array(state.numpy())
+  value.flat[0] = np.nan
+  state.assign(value)
+  pattern = f"layer '{wrapper.layer.name}' has a NaN or Inf weight in variable '{variable}'"
+  with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+    _fit_once(model)
+  with pytest.raises(ValueError, match=f"'{wrapper.layer.name}'.*NaN or Inf.*'{variable}'"):
+    tf_gibbs.strip_pruning(_finish(model))
+  with pytest.raises(ValueError, match=f"'{wrapper.layer.name}'.*NaN or Inf.*'{variable}'"):
+    tf_gibbs.sparsity_report(model, print_fn=None)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_from_the_last_batch_stops_fit_before_either_strip_could_ship_it(method):
+  model = METHODS[method]()
+  model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(True))
+  x = np.random.RandomState(0).randn(16, 8, 8, 1).astype("float32")
+  x[8:] = np.nan  # the second (last) batch makes every weight NaN
+  with pytest.raises(ValueError, match="NaN or Inf"):
+    model.fit(x, np.zeros(16), batch_size=8, epochs=1, verbose=0, shuffle=False,
+              callbacks=[tf_gibbs.UpdatePruningStep()])
+
+
+@pytest.mark.parametrize("call,argument", [
+    (lambda: tf_gibbs.prune_adaptive(small_cnn(), 0.5, loss_weight=1e39), "loss_weight"),
+    (lambda: tf_gibbs.prune_adaptive(small_cnn(), 0.5, r_lr_multiplier=1e-46),
+     "r_lr_multiplier"),
+    (lambda: tf_gibbs.GibbsSchedule(beta_end=1e39), "beta_end"),
+    (lambda: tf_gibbs.L0Schedule(l0_strength=1e40), "l0_strength"),
+])
+def test_numbers_that_overflow_or_vanish_in_float32_are_refused(call, argument):
+  with pytest.raises(ValueError, match=f"`{argument}`.*float32"):
+    call()
+
+
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
 def test_all_equal_weights_still_give_the_exact_count(sparsity):
   model = _finish(_set_kernels(_gibbs(sparsity), lambda k: np.full_like(k, 0.1)))
@@ -171,8 +219,9 @@ def test_target_zero_prunes_nothing():
   assert all(zeros == 0 for zeros, _ in _zeros(model))
 
 
-def test_a_one_weight_layer_keeps_round_p_n_weights():
-  for sparsity, expected in ((0.4, 0), (0.6, 1)):
+def test_a_one_weight_layer_keeps_its_weight():
+  # round(p·n) capped at n − 1: a per-layer target never prunes a layer's last weight (#19).
+  for sparsity, expected in ((0.4, 0), (0.6, 0)):
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, name="one")])
     pruned = _finish(_built(tf_gibbs.prune_gibbs(model, tf_gibbs.GibbsSchedule(
         sparsity, end_step=4))))

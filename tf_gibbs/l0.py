@@ -145,6 +145,9 @@ class L0Gates(wrapper_lib.PruningWrapper):
     high = (l0_core.OPEN_LOG_ALPHA + self.LOG_ALPHA_MARGIN) / self.gate_lr_multiplier
     return lambda value: tf.clip_by_value(value, low, high)
 
+  def method_state(self):
+    return [self.log_penalty_factor]
+
   GROUP_NAMES = {"weight": "weights", "kernel": "kernels", "filter": "filters", "unit": "units",
                  "input_unit": "input units"}
 

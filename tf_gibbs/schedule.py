@@ -3,6 +3,8 @@
 import math
 import numbers
 
+import numpy as np
+
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_schedule
 
@@ -32,6 +34,12 @@ def check_number(value, argument, low=None, low_inclusive=True, high=None, high_
                     f"got {value!r} ({type(value).__name__}).")
   if not math.isfinite(value):
     raise ValueError(f"`{argument}` must be finite, got {value!r}.")
+  if not integer:  # the maths runs in float32: the value must survive the cast
+    as_float32 = float(np.float32(value))
+    if not math.isfinite(as_float32):
+      raise ValueError(f"`{argument}` must be finite in float32 (|x| ≤ 3.4e38), got {value!r}.")
+    if value != 0 and as_float32 == 0:
+      raise ValueError(f"`{argument}` is 0 in float32 (|x| ≥ 1.2e-38 needed), got {value!r}.")
   lo_ok = low is None or (value >= low if low_inclusive else value > low)
   hi_ok = high is None or (value <= high if high_inclusive else value < high)
   if not (lo_ok and hi_ok):

@@ -19,6 +19,7 @@ The step counter is tfmot's: int64, −1 until ``UpdatePruningStep`` sets it to 
 
 import random
 import warnings
+import weakref
 
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import (
@@ -114,6 +115,11 @@ def exclude_from_weight_decay(optimizer, variables):
   optimizer._exclude_from_weight_decay = keys  # pylint: disable=protected-access
 
 
+# Traced graph -> {(wrapper id, replica id): ((wrapper, replica), effective weight)}: the one
+# training step of each wrapper in a graph (the objects are kept so their ids stay unique).
+_STEP_TENSORS = weakref.WeakKeyDictionary()
+
+
 class _FinalWeightWriter:
   """Stands in for tfmot's ``pruning_obj``: ``UpdatePruningStep`` calls ``weight_mask_op()``
   at every epoch end. We use that moment to write the deployable weight into the variable once
@@ -123,6 +129,10 @@ class _FinalWeightWriter:
     self._wrapper = wrapper
 
   def weight_mask_op(self):
+    # NaN from the last batch would otherwise be written into the kernel, and tfmot's
+    # strip_pruning would ship it: fit stops here with an error naming the layer instead.
+    if tf.executing_eagerly():
+      self._wrapper.check_finite("the epoch-end write (and tfmot's strip_pruning)")
     return self._wrapper.write_final_weight()
 
 
@@ -150,6 +160,11 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     super().__init__(layer, pruning_schedule=pruning_schedule, **kwargs)
     self.seed = seed
     self.weight_name = weight_name
+    # The wrapper runs ``layer.call``, which skips the inner layer's activity regularizer:
+    # the wrapper applies it to the same output instead.
+    # (Keras' Wrapper reports the inner layer's regularizer but does not apply it.)
+    if layer.activity_regularizer is not None:
+      self._activity_regularizer = layer.activity_regularizer
 
   # --- hooks for the methods -------------------------------------------------------------------
 
@@ -244,17 +259,33 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     weight = self.read_weight()
 
     def train():
+      # A wrapper called several times in one traced step (a shared layer, a Siamese model)
+      # advances its step once and uses one effective weight, hence one mask: the later calls
+      # reuse the first call's tensor of the same graph and replica. (Called eagerly, each call
+      # is a step of its own: eager calls cannot tell one step from the next.)
+      key = self._step_key()
+      if key is not None and key[1] in _STEP_TENSORS.get(key[0], {}):
+        return _STEP_TENSORS[key[0]][key[1]][1]
+      effective = new_step()
+      if key is not None:
+        _STEP_TENSORS.setdefault(key[0], {})[key[1]] = (
+            (self, tf.distribute.get_replica_context()), effective)
+      return effective
+
+    def new_step():
       step = self.pruning_step.assign_add(1)
       # One Assert op (assert_greater_equal builds nine per layer, run at every step).
       check = tf.debugging.Assert(step >= 1, [_STEP_ERROR])
-      # A NaN or Inf weight would silently corrupt quantiles, energies and thresholds. Checked
-      # on a stop_gradient copy: CheckNumerics' gradient is a second CheckNumerics, of the
-      # gradient, which would cost as much again and report a gradient under this message.
-      finite = tf.debugging.check_numerics(
-          tf.stop_gradient(weight), f"tf_gibbs: layer {self.layer.name!r} has a NaN or Inf "
-          "weight; pruning cannot rank it (check the learning rate, the loss, or the loaded "
-          "weights)")
-      with tf.control_dependencies([check, finite]):
+      # A NaN or Inf weight, threshold, gate or controller state would silently corrupt
+      # quantiles, energies, masks and stripped kernels. Checked on stop_gradient copies:
+      # CheckNumerics' gradient is a second CheckNumerics, of the gradient, which would cost
+      # as much again and report a gradient under this message.
+      finite = [tf.debugging.check_numerics(tf.stop_gradient(weight), self._nan_message(
+          self.weight_name))]
+      finite += [tf.debugging.check_numerics(tf.stop_gradient(tf.convert_to_tensor(v)),
+                                             self._nan_message(name))
+                 for name, v in self.guarded_state()]
+      with tf.control_dependencies([check] + finite):
         return self.training_weight(tf.identity(weight), tf.identity(step))
 
     def infer():
@@ -262,6 +293,41 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
 
     effective = tf.__internal__.smart_cond.smart_cond(training, train, infer)
     return self.call_layer_with(inputs, effective)
+
+  def _nan_message(self, variable):
+    return (f"tf_gibbs: layer {self.layer.name!r} has a NaN or Inf weight in variable "
+            f"{variable!r}; pruning cannot use it (check the learning rate, the loss, or the "
+            "loaded weights)")
+
+  def guarded_state(self):
+    """(short name, variable) of every float variable besides the pruned weight whose NaN or
+    Inf would corrupt training or stripping: the inner layer's others (bias), the method's own
+    trainable variables (r, gate parameters) and its controller state. Not the masks, which
+    are recomputed from these."""
+    prunable = self.prunable_weights[0].name
+    found = [v for v in self.layer.weights if v.name != prunable and v.dtype.is_floating]
+    found += list(self._trainable_weights) + list(self.method_state())
+    return [(v.name.split("/")[-1].split(":")[0], v) for v in found]
+
+  def method_state(self):
+    """Non-trainable float state of the method that the NaN guard checks (e.g. controllers)."""
+    return []
+
+  def check_finite(self, what):
+    """Raises ValueError naming the layer and variable if the weight or state holds NaN/Inf."""
+    for name, variable in [(self.weight_name, self.prunable_weights[0])] + self.guarded_state():
+      if not bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(variable)))):
+        raise ValueError(
+            f"Layer {self.layer.name!r} has NaN or Inf weights in variable {name!r}: {what} "
+            "would produce NaN kernels. Fix or reload the weights (check the learning rate "
+            "and the data of the last steps).")
+
+  def _step_key(self):
+    """(graph, (wrapper, replica)) of the traced step being built; None when eager."""
+    if tf.executing_eagerly():
+      return None
+    return (tf.compat.v1.get_default_graph(),
+            (id(self), id(tf.distribute.get_replica_context())))
 
   def call_layer_with(self, inputs, effective_weight):
     """Runs the inner layer with ``effective_weight`` in place of its prunable variable."""
@@ -300,9 +366,8 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
       ValueError: the weight holds NaN or Inf (eagerly; no mask of NaNs is ever returned).
     """
     weight = self.read_weight()
-    if tf.executing_eagerly() and not bool(tf.reduce_all(tf.math.is_finite(weight))):
-      raise ValueError(f"Layer {self.layer.name!r} has NaN or Inf weights: they cannot be "
-                       "pruned by magnitude. Fix or reload the weights before stripping.")
+    if tf.executing_eagerly():
+      self.check_finite("stripping")
     return self.deterministic_weight(weight, tf.identity(self.pruning_step))
 
   def write_final_weight(self):
