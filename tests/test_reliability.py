@@ -1,5 +1,7 @@
 """No shared state with the user's model, one step per training step, no silent results (#20)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -96,3 +98,25 @@ def test_shared_wrapper_counts_one_step_and_uses_one_mask_per_step():
   out = tf.function(lambda a, b: model([a, b], training=True))(x, x).numpy()
   assert int(shared.pruning_step) == 4
   np.testing.assert_array_equal(out, np.zeros_like(out))
+
+
+# --- 5. tfmot's strip_pruning before end_step is loud -------------------------------------------
+
+
+@pytest.mark.parametrize("method", sorted(PRUNE))
+def test_tfmot_strip_before_the_end_warns_and_after_it_is_exact_and_quiet(method):
+  import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+  pruned = _fit(PRUNE[method](small_cnn()), epochs=1)  # 2 steps of 4
+  if method == "l0":  # two steps leave every gate open (z = 1): close one, as training would
+    gates = wrappers(pruned)[0].gate_parameter
+    gates.assign(tf.tensor_scatter_nd_update(tf.reshape(gates, [-1]), [[0]], [-1.0]).numpy()
+                 .reshape(gates.shape))
+  with pytest.warns(UserWarning, match=r"tfmot.*strip_pruning.*\['conv1'.*tf_gibbs.strip_pruning"):
+    tfmot.sparsity.keras.strip_pruning(pruned)
+  _fit(pruned, epochs=2)  # past end_step; the epoch-end write makes the kernels deployable
+  x, _ = random_data(4)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+  np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0),
+                             rtol=1e-5, atol=1e-6)

@@ -6,6 +6,8 @@ Follows tfmot's ``prune_low_magnitude`` / ``strip_pruning`` / ``prune_scope`` co
 import functools
 import warnings
 
+import tensorflow as tf
+
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 import uuid
@@ -381,6 +383,55 @@ def strip_pruning(model):
     warnings.warn(f"strip_pruning: the schedule of {unfinished} has not reached its end step; "
                   "their masks use the sparsity of the current step.", stacklevel=2)
   return stripped
+
+
+def stale_wrappers(model):
+  """Names of the tf_gibbs wrappers in ``model`` whose kernel variable is not their deployable
+  weight (before ``end_step``, or before the epoch-end write): unwrapping those as they are,
+  as ``tfmot.sparsity.keras.strip_pruning`` does, would deploy unpruned kernels."""
+  stale = []
+  for layer in walk_layers(model) if isinstance(model, keras.Model) else [model]:
+    if isinstance(layer, wrapper_lib.PruningWrapper) and layer.built:
+      final = layer.final_weight()
+      if not bool(tf.reduce_all(tf.equal(tf.cast(final, tf.float32),
+                                         tf.cast(layer.read_weight(), tf.float32)))):
+        stale.append(layer.layer.name)
+  return stale
+
+
+def _warn_when_tfmot_strips_early(tfmot_strip):
+  """tfmot's ``strip_pruning``, with a warning when it would unwrap stale tf_gibbs wrappers."""
+
+  @functools.wraps(tfmot_strip)
+  def strip_pruning_checked(model):
+    stale = stale_wrappers(model) if isinstance(model, keras.layers.Layer) else []
+    if stale:
+      warnings.warn(
+          f"tfmot.sparsity.keras.strip_pruning: the kernels of tf_gibbs layers {stale} are not "
+          "their deployable weights yet (the schedule has not reached end_step, or no epoch "
+          "ended after it), so the stripped model would have unpruned kernels and other "
+          "predictions. Use tf_gibbs.strip_pruning(model), which applies the current mask "
+          "exactly, or train past end_step with tf_gibbs.UpdatePruningStep.", stacklevel=2)
+    return tfmot_strip(model)
+
+  strip_pruning_checked.tf_gibbs_checked = True
+  return strip_pruning_checked
+
+
+def _install_tfmot_strip_check():
+  """tfmot's ``strip_pruning`` unwraps a wrapper as it is: it cannot know that a tf_gibbs
+  kernel stays raw until the schedule ends. We wrap tfmot's public function (once) so that it
+  warns, naming the layers, instead of silently returning unpruned kernels."""
+  from tensorflow_model_optimization.python.core.api.sparsity import keras as tfmot_api  # pylint: disable=g-import-not-at-top
+  from tensorflow_model_optimization.python.core.sparsity.keras import prune as tfmot_prune  # pylint: disable=g-import-not-at-top
+  if getattr(tfmot_prune.strip_pruning, "tf_gibbs_checked", False):
+    return
+  checked = _warn_when_tfmot_strips_early(tfmot_prune.strip_pruning)
+  tfmot_prune.strip_pruning = checked
+  tfmot_api.strip_pruning = checked
+
+
+_install_tfmot_strip_check()
 
 
 def prune_scope():
