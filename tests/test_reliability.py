@@ -120,3 +120,48 @@ def test_tfmot_strip_before_the_end_warns_and_after_it_is_exact_and_quiet(method
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
   np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0),
                              rtol=1e-5, atol=1e-6)
+
+
+# --- 6. layers left dense are named, with the reason --------------------------------------------
+
+
+def _zoo():
+  tokens = keras.Input((6,), dtype="int32", name="tokens")
+  e = L.Embedding(20, 8, name="embed")(tokens)
+  r = L.LSTM(4, return_sequences=True, name="lstm")(e)
+  t = L.TimeDistributed(L.Dense(3), name="td")(r)
+  a = L.MultiHeadAttention(2, 4, name="mha")(t, t)
+  image = keras.Input((8, 8, 2), name="image")
+  s = L.SeparableConv2D(4, 3, name="sep")(image)
+  s = L.Conv2DTranspose(3, 3, name="deconv")(s)
+  s = L.Flatten()(s)
+  v = L.Conv3D(2, 1, name="conv3d")(L.Reshape((8, 8, 2, 1))(image))
+  h = L.Concatenate()([L.Flatten()(a), s, L.Flatten()(v)])
+  return keras.Model([tokens, image], L.Dense(2, name="head")(h))
+
+
+def test_unsupported_layers_are_named_with_their_reason_in_a_warning_and_the_report():
+  with pytest.warns(UserWarning) as caught:
+    pruned = tf_gibbs.prune_gibbs(_zoo(), tf_gibbs.GibbsSchedule(0.5))
+  text = "\n".join(str(w.message) for w in caught)
+  for name, kind in [("embed", "Embedding"), ("lstm", "LSTM"), ("td", "TimeDistributed"),
+                     ("mha", "MultiHeadAttention"), ("sep", "SeparableConv2D"),
+                     ("deconv", "Conv2DTranspose"), ("conv3d", "Conv3D")]:
+    assert f"  {name}: " in text and kind in text
+  report = tf_gibbs.sparsity_report(pruned, print_fn=None)
+  assert set(report["left_dense"]) == {"embed", "lstm", "td", "mha", "sep", "deconv", "conv3d"}
+  assert "not supported" in report["left_dense"]["sep"]
+
+
+def test_unknown_skip_name_is_an_error_for_a_list_of_layers_too():
+  with pytest.raises(ValueError, match=r"`skip` names layers.*\['nope'\]"):
+    tf_gibbs.prune_gibbs([L.Dense(2, name="a"), L.Dense(2, name="b")], skip=["a", "nope"])
+
+
+def test_found_no_layer_names_the_real_reason_and_the_layers():
+  with pytest.raises(ValueError, match=r"found no layer.*conv1: .*min_weights=5000.*dense1"):
+    tf_gibbs.prune_adaptive(small_cnn(), 0.5, min_weights=5000)
+  inputs = keras.Input((8,))
+  dense_only = keras.Model(inputs, L.Dense(3, name="fc")(inputs))
+  with pytest.raises(ValueError, match=r"found no layer.*fc: .*kernel Hamiltonian"):
+    tf_gibbs.prune_gibbs(dense_only, hamiltonian="kernel")

@@ -28,7 +28,7 @@ from tf_gibbs.schedule import check_bool
 from tf_gibbs.schedule import check_number
 
 
-def _skip_predicate(skip, model=None):
+def _skip_predicate(skip, known=None):
   """Turns ``skip`` (None, a name, names, or a callable) into a predicate on layers."""
   if skip is None:
     return lambda layer: False
@@ -40,12 +40,11 @@ def _skip_predicate(skip, model=None):
     raise TypeError("`skip` must be None, a layer name, a list of layer names, or a callable "
                     f"taking a layer and returning a bool; got {skip!r}.")
   names = set(names)
-  if model is not None:
-    known = {layer.name for layer in walk_layers(model)}
-    unknown = sorted(names - known)
+  if known is not None:
+    unknown = sorted(names - set(known))
     if unknown:
       raise ValueError(f"`skip` names layers that are not in the model: {unknown}. "
-                       f"Layers of the model: {sorted(known)}.")
+                       f"Layers of the model: {sorted(set(known))}.")
   return lambda layer: layer.name in names
 
 
@@ -75,18 +74,20 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=Non
   if isinstance(to_prune, (list, tuple)):
     if not to_prune:
       raise ValueError(f"`to_prune` is an empty list; {api_name} needs at least one layer.")
-    skipped = _skip_predicate(skip)
     for i, layer in enumerate(to_prune):
       check_not_keras3(layer, f"to_prune[{i}]")
       if isinstance(layer, keras.Model):
         raise TypeError(f"`to_prune[{i}]` is a model; pass models directly, not in a list.")
+    skipped = _skip_predicate(skip, known=[layer.name for layer in to_prune
+                                           if isinstance(layer, keras.layers.Layer)])
     return [layer if skipped(layer) else make_wrapper(layer, i)
             for i, layer in enumerate(to_prune)]
 
   if isinstance(to_prune, keras.Model):
     _check_model(to_prune, "to_prune")
-    skipped = _skip_predicate(skip, to_prune)
-    wrapped, unfit, copies, shared = [], [], [], []
+    skipped = _skip_predicate(skip, known=[layer.name for layer in walk_layers(to_prune)])
+    wrapped, copies, shared = [], [], []
+    left_dense = {}  # name -> why a layer that holds weights is not wrapped
 
     def copy_of(layer):
       """A new layer of the same config; its weights are copied once the model is built."""
@@ -102,10 +103,16 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=Non
       if isinstance(layer, keras.Model):
         _check_model(layer, f"nested model {layer.name}")
         return keras.models.clone_model(layer, input_tensors=None, clone_function=clone)
-      if wrapper_lib.prunable_weight_name(layer) is None or skipped(layer):
+      if wrapper_lib.prunable_weight_name(layer) is None:
+        if _holds_weights(layer):
+          left_dense[layer.name] = _unsupported_reason(layer)
         return copy_of(layer)
-      if fits is not None and fits(layer) is not None:
-        unfit.append(layer.name)
+      if skipped(layer):
+        left_dense[layer.name] = "skipped (`skip`)"
+        return copy_of(layer)
+      reason = None if fits is None else fits(layer)
+      if reason is not None:
+        left_dense[layer.name] = reason
         return copy_of(layer)
       wrapped.append(layer.name)
       return make_wrapper(copy_of(layer), len(wrapped) - 1)
@@ -117,14 +124,19 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=Non
       warnings.warn(f"{api_name}: layers {shared} cannot be rebuilt from their config, so the "
                     "pruned model shares them (and their weights) with the original model: "
                     "training it changes them there too.", stacklevel=3)
-    if unfit and wrapped:
-      reason = fits(_layer_named(to_prune, unfit[0]))
-      warnings.warn(f"{api_name}: layers {unfit} are left dense: {reason}",
-                    stacklevel=3)
     if not wrapped:
+      considered = "; ".join(f"{name}: {why}" for name, why in left_dense.items())
       raise ValueError(
           f"{api_name} found no layer to prune in model {to_prune.name!r}: supported layers are "
-          f"{wrapper_lib.supported_layer_names()}" + (" (after `skip`)." if skip else "."))
+          f"{wrapper_lib.supported_layer_names()}" + (" (after `skip`)" if skip else "") +
+          (f". Layers considered: {considered}." if considered else
+           "; the model has no layer that holds weights."))
+    unwrapped = {name: why for name, why in left_dense.items() if why != "skipped (`skip`)"}
+    if unwrapped:
+      warnings.warn(f"{api_name}: layers {list(unwrapped)} are left dense:\n" + "\n".join(
+          f"  {name}: {why}" for name, why in unwrapped.items()), stacklevel=3)
+    # Kept for sparsity_report (not serialized: a loaded model's report says less).
+    object.__setattr__(model, "_tf_gibbs_left_dense", dict(left_dense))
     return model
 
   if isinstance(to_prune, keras.layers.Layer):
@@ -135,8 +147,19 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=Non
       f"of layers; got {type(to_prune).__name__}.")
 
 
-def _layer_named(model, name):
-  return next(layer for layer in walk_layers(model) if layer.name == name)
+def _holds_weights(layer):
+  """A layer with a weight matrix or kernel (≥ 2 axes): what a user may expect to be pruned."""
+  return any(len(w.shape) >= 2 for w in layer.trainable_weights)
+
+
+def _unsupported_reason(layer):
+  name = type(layer).__name__
+  inner = getattr(layer, "layer", None) or getattr(layer, "forward_layer", None)
+  if inner is not None:
+    return (f"a {name} wrapper around {type(inner).__name__}: tf_gibbs does not prune inside "
+            f"{name} (put the pruning wrapper inside it: {name}(tf_gibbs.prune_...(layer)))")
+  return (f"{name} is not supported (tf_gibbs prunes "
+          f"{', '.join(wrapper_lib.supported_layer_names())})")
 
 
 def _layer_seed(seed, index):

@@ -66,7 +66,9 @@ def sparsity_report(model, plot=None, print_fn=print):
     print_fn: prints the table line by line (None: print nothing).
 
   Returns:
-    ``{"layers": [per-layer dicts], "total": dict, "shrink": shrink's report or None}``. Each
+    ``{"layers": [per-layer dicts], "total": dict, "shrink": shrink's report or None,
+    "left_dense": {layer name: why prune_* did not wrap it}}`` (the last for a model returned by
+    ``prune_*`` in this process; empty otherwise). Each
     layer's ``"note"`` is None or, for a wrapped model, why the layer prunes fewer groups than
     its target (a per-layer target never prunes a layer's last weight, kernel, filter or unit);
     the printed table lists the notes under it.
@@ -79,6 +81,7 @@ def sparsity_report(model, plot=None, print_fn=print):
   if plot is not None and not isinstance(plot, (str, os.PathLike)):
     raise TypeError(f"`plot` must be a file path or None, got {type(plot).__name__}.")
   notes = {}
+  left_dense = dict(getattr(model, "_tf_gibbs_left_dense", None) or {})
   if export_lib.is_wrapped(model):
     from tf_gibbs.prune import strip_pruning  # pylint: disable=g-import-not-at-top
     from tf_gibbs.wrapper import PruningWrapper  # pylint: disable=g-import-not-at-top
@@ -110,7 +113,7 @@ def sparsity_report(model, plot=None, print_fn=print):
   total["sparsity"] = total["zeros"] / total["weights"] if total["weights"] else 0.0
   total["model_params"] = int(model.count_params())
   total["model_params_shrunk"] = None if shrunk is None else int(shrunk.count_params())
-  report = {"layers": rows, "total": total, "shrink": shrink_report}
+  report = {"layers": rows, "total": total, "shrink": shrink_report, "left_dense": left_dense}
   if print_fn is not None:
     for line in format_report(report):
       print_fn(line)
@@ -154,6 +157,9 @@ def format_report(report):
   total = report["total"]
   lines.append(f"whole model: {total['model_params']} parameters, "
                f"{_fmt(total['model_params_shrunk'])} after shrinking")
+  if report.get("left_dense"):
+    lines.append("left dense by pruning:")
+    lines.extend(f"  {name}: {why}" for name, why in report["left_dense"].items())
   notes = [row for row in report["layers"] if row.get("note")]
   if notes:
     lines.append("notes:")

@@ -176,40 +176,53 @@ def _kind(layer, node_count):
   return "fixed", f"{t.__name__} is not a layer shrink knows how to slice"
 
 
+class _CallSpec:
+  """How a node called its layer: the positional and keyword arguments with their Keras
+  tensors replaced by given values (nested tensors in kwargs, e.g. MultiHeadAttention's
+  ``value``, and constant arguments, e.g. of a TF-op layer, included)."""
+
+  def __init__(self, node):
+    self._node = node
+
+  def __call__(self, layer, inputs, **extra):
+    """Calls ``layer`` with ``inputs``, in the order of the node's Keras inputs."""
+    node = self._node
+    if not node._keras_inputs_ids_and_indices:  # pylint: disable=protected-access
+      return layer(*node.call_args, **{**node.call_kwargs, **extra})
+    values = {}
+    for (tensor_id, _), value in zip(node._keras_inputs_ids_and_indices, inputs):  # pylint: disable=protected-access
+      values.setdefault(tensor_id, []).append(value)
+    args, kwargs = node.map_arguments(values)
+    return layer(*args, **{**kwargs, **extra})
+
+
+def _key(keras_tensor):
+  history = keras_tensor._keras_history  # pylint: disable=protected-access
+  return (history.layer.name, history.node_index, history.tensor_index)
+
+
 class _Graph:
-  """The functional graph of a model as nodes in an order where inputs come first."""
+  """The functional graph of a model as nodes in an order where inputs come first, read from
+  Keras' own nodes (not the config), so nested tensor arguments and constants are kept.
+
+  A node is (layer config, layer, node index, [input keys], call spec); a key is (layer name,
+  node index, output index), node indices as in ``layer._inbound_nodes``."""
 
   def __init__(self, model):
-    config = model.get_config()
     self.model = model
-    self.config = config
     self.layers = {layer.name: layer for layer in model.layers}
-    node_counts = {c["name"]: len(c["inbound_nodes"]) for c in config["layers"]}
-    self.nodes = []   # (layer_config, layer, node_index, [input keys], kwargs)
-    pending = [(c, i, node) for c in config["layers"]
-               for i, node in enumerate(c["inbound_nodes"] or [None])]
-    available = set()
-    while pending:
-      progress, rest = False, []
-      for c, i, node in pending:
-        inputs = [] if node is None else [tuple(entry[:3]) for entry in node]
-        if all(key in available for key in inputs):
-          kwargs = {} if node is None else dict(node[0][3]) if len(node) == 1 else {}
-          self.nodes.append((c, self.layers[c["name"]], i, inputs, kwargs))
-          layer = self.layers[c["name"]]
-          outputs = layer.output if node_counts[c["name"]] <= 1 else layer.get_output_at(i)
-          count = len(outputs) if isinstance(outputs, (list, tuple)) else 1
-          available.update((c["name"], i, t) for t in range(count))
-          progress = True
-        else:
-          rest.append((c, i, node))
-      if not progress:
-        raise ValueError("shrink: could not order the model's graph (a layer's inputs never "
-                         "become available).")
-      pending = rest
-    self.node_counts = node_counts
-    self.inputs = [tuple(k) for k in config["input_layers"]]
-    self.outputs = [tuple(k) for k in config["output_layers"]]
+    self.nodes = []
+    self.node_counts = {}
+    for depth in sorted(model._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
+      for node in model._nodes_by_depth[depth]:  # pylint: disable=protected-access
+        layer = node.layer
+        self.node_counts[layer.name] = self.node_counts.get(layer.name, 0) + 1
+        index = layer._inbound_nodes.index(node)  # pylint: disable=protected-access
+        inputs = [] if node.is_input else [_key(t) for t in node.keras_inputs]
+        config = {"name": layer.name, "config": layer.get_config()}
+        self.nodes.append((config, layer, index, inputs, _CallSpec(node)))
+    self.inputs = [_key(t) for t in model.inputs]
+    self.outputs = [_key(t) for t in model.outputs]
 
 
 def graph_of(model, caller):
@@ -239,8 +252,8 @@ def _as_list(x):
   return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _call(layer, inputs, kwargs):
-  return layer(inputs[0] if len(inputs) == 1 else inputs, **kwargs)
+def _call(layer, inputs, spec, **extra):
+  return spec(layer, inputs, **extra)
 
 
 def _probe(shape, cmask, cval):
@@ -287,19 +300,22 @@ def _analyze(graph, borders):
   rng = np.random.RandomState(0)
   values = {}       # a real forward pass (batch 1), for the shapes
   forced = set()
-  for c, layer, i, inputs, kwargs in graph.nodes:
+  for c, layer, i, inputs, spec in graph.nodes:
     kind, reason = _kind(layer, graph.node_counts[c["name"]])
-    inference = {**kwargs, "training": False}
     kinds[c["name"]] = kind
     if reason:
       left_as_is[c["name"]] = reason
     if kind == "input":
       shape = tuple(16 if d is None else d for d in layer.output_shape[0][1:])
-      values[(c["name"], 0, 0)] = rng.randn(1, *shape).astype(np.float32)
+      dtype = tf.as_dtype(layer.dtype or "float32")
+      if dtype.is_integer or dtype.is_bool:  # token ids: valid indices for any vocabulary
+        values[(c["name"], 0, 0)] = rng.randint(0, 2, (1,) + shape).astype(dtype.as_numpy_dtype)
+      else:
+        values[(c["name"], 0, 0)] = rng.randn(1, *shape).astype(dtype.as_numpy_dtype)
       outs = [values[(c["name"], 0, 0)]]
     else:
-      outs = [np.asarray(o) for o in _as_list(_call(layer, [values[k] for k in inputs],
-                                                     inference))]
+      outs = [np.asarray(o) for o in tf.nest.flatten(
+          _call(layer, [values[k] for k in inputs], spec, training=False))]
     out_keys = [(c["name"], i, t) for t in range(len(outs))]
     for key, out in zip(out_keys, outs):
       values[key] = out
@@ -311,7 +327,7 @@ def _analyze(graph, borders):
       continue
     out_key = out_keys[0]
     probes = [_probe(shapes[k], cmask[k], cval[k]) for k in inputs]
-    uniform, value = _uniform(np.asarray(_call(layer, probes, inference)))
+    uniform, value = _uniform(np.asarray(_call(layer, probes, spec, training=False)))
     if kind == "producer":
       kernel = layer.kernel.numpy()
       in_key = inputs[0]
@@ -440,7 +456,7 @@ def _rebuild(graph, a):
   report = {"layers": {}, "left_as_is": dict(a["left_as_is"]), "carrier": dict(a["carriers"]),
             "spatial_bias": [],
             "params_before": int(graph.model.count_params())}
-  for c, layer, i, inputs, kwargs in graph.nodes:
+  for c, layer, i, inputs, spec in graph.nodes:
     name, kind = c["name"], a["kinds"][c["name"]]
     cfg = dict(c["config"])
     if "activation" in cfg and callable(getattr(layer, "activation", None)):
@@ -509,8 +525,8 @@ def _rebuild(graph, a):
       new = new_layers[name] = type(layer).from_config(cfg)
       if new_weights:
         weights_to_set.append((new, new_weights))
-    outputs = _call(new, args, kwargs)
-    for key, out in zip(out_keys, _as_list(outputs)):
+    outputs = _call(new, args, spec)
+    for key, out in zip(out_keys, tf.nest.flatten(outputs)):
       tensors[key] = out
     if deferred:
       border_map = sum(m for m, _ in deferred)
