@@ -382,6 +382,12 @@ def _analyze(graph, borders):
   while True:
     _propagate(keep, links)
     added = False
+    for key, kept in keep.items():  # never rebuild a layer with zero channels: one stays
+      if kept.size and not kept.any():
+        kept[0] = True
+        added = True
+    if added:
+      continue
     for layer, in_key in producers:
       if borders == "map" and static:
         continue
