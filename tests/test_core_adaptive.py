@@ -16,10 +16,11 @@ def test_threshold_is_clipped_r_times_std_with_gradient_to_r_only():
   with tf.GradientTape(persistent=True) as tape:
     tape.watch(w)
     b = adaptive.threshold(w, r)
-  assert float(b) == pytest.approx(0.7 * np.std(w.numpy()), rel=1e-5)
-  assert float(tape.gradient(b, r)) == pytest.approx(np.std(w.numpy()), rel=1e-5)
+  std = np.std(w.numpy(), ddof=1)  # the reference code's unbiased torch.std
+  assert float(b) == pytest.approx(0.7 * std, rel=1e-5)
+  assert float(tape.gradient(b, r)) == pytest.approx(std, rel=1e-5)
   assert tape.gradient(b, w) is None
-  assert float(adaptive.threshold(w, 9.0)) == pytest.approx(5.0 * np.std(w.numpy()), rel=1e-5)
+  assert float(adaptive.threshold(w, 9.0)) == pytest.approx(5.0 * std, rel=1e-5)
   assert float(adaptive.threshold(w, -1.0)) == 0.0
 
 
@@ -77,7 +78,7 @@ def test_measured_density_has_the_real_value_and_the_erf_gradient():
   r = tf.Variable(2.0)
   with tf.GradientTape() as tape:
     d = adaptive.density(w, r, "measured")
-  real = float(np.mean(np.abs(w.numpy()) > 2.0 * np.std(w.numpy())))
+  real = float(np.mean(np.abs(w.numpy()) > 2.0 * np.std(w.numpy(), ddof=1)))
   assert float(d) == pytest.approx(real, abs=1e-6)
   # Laplace weights: the erf estimate is off, the measured one is not.
   assert abs(float(adaptive.density(w, r, "erf")) - real) > 0.005

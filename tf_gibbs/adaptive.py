@@ -228,8 +228,12 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
       return tf.identity(self.threshold), tf.identity(self.mask)
 
     def freeze_now():
-      b = live_b if scale is None else scale * tf.maximum(live_b, 1e-12)
-      return b, adaptive_core.keep_mask(weight, b)
+      if scale is None:
+        return live_b, adaptive_core.keep_mask(weight, live_b)
+      # The same ratio |W| / b that common_scale counted, compared with the same k: testing
+      # |W| > k·b instead can round a weight at the boundary the other way (one weight off).
+      ratio = tf.abs(tf.stop_gradient(weight)) / tf.maximum(tf.stop_gradient(live_b), 1e-12)
+      return scale * tf.maximum(live_b, 1e-12), tf.cast(ratio > scale, tf.float32)
 
     def thresholded():
       return tf.stop_gradient(live_b), adaptive_core.keep_mask(weight, live_b)
