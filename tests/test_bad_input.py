@@ -240,3 +240,43 @@ def test_huge_beta_trains_without_overflow_and_samples_the_magnitude_mask(policy
   for w in wrappers(model):  # at β = 1e8 the sampled mask is the magnitude mask
     kernel = np.abs(w.layer.kernel.numpy())
     assert w.mask.numpy().sum() == kernel.size - round(0.5 * kernel.size)
+
+
+def test_numpy_scalars_are_accepted_wherever_numbers_are():
+  import json  # pylint: disable=g-import-not-at-top
+  schedule = tf_gibbs.GibbsSchedule(np.float32(0.5), beta_begin=np.float64(1.0),
+                                    beta_end=np.float32(100.0), begin_step=np.int64(0),
+                                    end_step=np.int32(10))
+  pruned = tf_gibbs.prune_gibbs(small_cnn(), schedule, hamiltonian="filter", seed=np.int64(3),
+                                c=np.float32(1.0), mcmc_steps=np.int64(5), sampler="chromatic")
+  l0 = tf_gibbs.prune_l0(small_cnn(), schedule=tf_gibbs.L0Schedule(
+      np.float32(0.5), target_sparsity=np.float64(0.5), end_step=np.int64(8),
+      frequency=np.int32(2)), seed=np.int32(1), gate_lr_multiplier=np.float32(20.0))
+  adaptive = tf_gibbs.prune_adaptive(small_cnn(), np.float32(0.5), loss_weight=np.float64(5.0),
+                                     end_step=np.int64(8), min_weights=np.int32(10),
+                                     r_lr_multiplier=np.float32(0.1))
+  for model in (pruned, l0, adaptive):
+    for w in wrappers(model):
+      json.dumps(w.get_config())  # plain Python numbers in the config
+  assert wrappers(pruned)[0].seed == 3 and isinstance(wrappers(pruned)[0].seed, int)
+
+
+def test_adaptive_on_dynamic_spatial_input_works_with_params_and_refuses_flops_clearly():
+  inputs = keras.Input((None, None, 1))
+  h = keras.layers.Conv2D(16, 3, name="conv")(inputs)
+  h = keras.layers.GlobalAveragePooling2D()(h)
+  model = keras.Model(inputs, keras.layers.Dense(10, name="fc")(h))
+  pruned = tf_gibbs.prune_adaptive(model, 0.5, budget="params", min_weights=10, end_step=4)
+  assert len(wrappers(pruned)) == 2
+  with pytest.raises(ValueError, match=r"budget='flops'.*spatial size.*'conv'.*budget='params'"):
+    tf_gibbs.prune_adaptive(model, 0.5, budget="flops", min_weights=10, end_step=4)
+
+
+def test_float64_models_get_a_clear_error():
+  keras.backend.set_floatx("float64")
+  try:
+    model = small_cnn()
+    with pytest.raises(TypeError, match=r"conv1.*float64.*float32"):
+      tf_gibbs.prune_gibbs(model)
+  finally:
+    keras.backend.set_floatx("float32")

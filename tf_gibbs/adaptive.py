@@ -134,8 +134,14 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
         constraint=lambda value: tf.clip_by_value(value, 0.0, high))
     params = weight.shape.num_elements()
     output_shape = self.layer.compute_output_shape(self.layer._build_input_shape)
-    positions = math.prod(int(d) for d in output_shape[1:-1])
-    self.cost = {"params": params, "flops": params * positions}
+    spatial = list(output_shape[1:-1])
+    if None in spatial and self.budget == "flops":
+      raise ValueError(
+          f"budget='flops' needs the spatial size of layer {self.layer.name!r}'s output, which "
+          f"is not static ({tuple(output_shape)}): give the model a fixed input size, or use "
+          "budget='params'.")
+    flops = None if None in spatial else params * math.prod(int(d) for d in spatial)
+    self.cost = {"params": params, "flops": flops}
     # Kept fraction of the last training step's live threshold (the measured estimate's value).
     self.kept_fraction = self.add_weight(
         "kept_fraction", shape=[], dtype=tf.float32, initializer="ones", trainable=False,

@@ -29,7 +29,7 @@ def check_number(value, argument, low=None, low_inclusive=True, high=None, high_
                   integer=False):
   """Validates a Python number, naming ``argument`` and the accepted range in the error."""
   kinds = numbers.Integral if integer else numbers.Real
-  if isinstance(value, bool) or not isinstance(value, kinds):
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds):
     raise TypeError(f"`{argument}` must be {'an integer' if integer else 'a number'}, "
                     f"got {value!r} ({type(value).__name__}).")
   if not math.isfinite(value):

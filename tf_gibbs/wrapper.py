@@ -17,10 +17,12 @@ The step counter is tfmot's: int64, −1 until ``UpdatePruningStep`` sets it to 
 ``fit``, incremented by every training call (the first training step runs at step 1).
 """
 
+import numbers
 import random
 import warnings
 import weakref
 
+import numpy as np
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import (
     pruning_schedule as tfmot_schedule)
@@ -76,8 +78,10 @@ def check_layer(layer, argument="layer"):
 def check_seed(seed):
   if seed is None:
     return random.randrange(2**31 - 1)
-  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-    raise ValueError(f"`seed` must be None or an integer in [0, 2**31), got {seed!r}.")
+  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or \
+      not 0 <= seed < 2**31:
+    raise ValueError(f"`seed` must be None or an integer in [0, 2**31) (a Python or NumPy "
+                     f"integer), got {seed!r}.")
   return int(seed)
 
 
@@ -218,6 +222,13 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
   def build(self, input_shape):
     keras.layers.Wrapper.build(self, input_shape)
     weight = getattr(self.layer, self.weight_name)
+    dtype = getattr(weight, "_variable", weight).dtype  # an AutoCastVariable's own dtype
+    if dtype != tf.float32:
+      raise TypeError(
+          f"Layer {self.layer.name!r} has {dtype.name} weights; tf_gibbs prunes float32 "
+          "variables only (its masks, quantiles and samplers run in float32). Build the model "
+          "with float32 (keras.backend.set_floatx('float32')); for half precision use a "
+          "mixed_float16 / mixed_bfloat16 policy, whose variables stay float32.")
     # Plain attributes (no Keras tracking): the inner layer owns the weight; tracking it here
     # would list it twice in the wrapper's weights.
     object.__setattr__(self, "prunable_weights", [weight])

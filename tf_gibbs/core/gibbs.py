@@ -12,6 +12,9 @@ weights and the step. That makes resumed runs reproducible and gives every repli
 ``tf.distribute`` step the same mask, with no random-generator state to checkpoint.
 """
 
+import numbers
+
+import numpy as np
 import tensorflow as tf
 
 from tf_gibbs.core import ranking
@@ -79,9 +82,10 @@ def canonical_shape(shape, layout):
 
 
 def _check_coupling(coupling):
-  if isinstance(coupling, bool) or not isinstance(coupling, (int, float)) or not (
-      0.0 <= coupling < float("inf")):
-    raise ValueError(f"`c` (the coupling) must be a finite number >= 0, got {coupling!r}.")
+  if isinstance(coupling, (bool, np.bool_)) or not isinstance(coupling, numbers.Real) or not (
+      0.0 <= coupling < float("inf")) or not np.isfinite(np.float32(coupling)):
+    raise ValueError(f"`c` (the coupling) must be a finite number >= 0 (a Python or NumPy "
+                     f"number, finite in float32), got {coupling!r}.")
   return float(coupling)
 
 
@@ -202,8 +206,10 @@ class FilterHamiltonian(Hamiltonian):
     self.c = _check_coupling(c)
     if sampler not in SAMPLERS:
       raise ValueError(f"Unknown sampler={sampler!r}; accepted values: {list(SAMPLERS)}.")
-    if isinstance(mcmc_steps, bool) or not isinstance(mcmc_steps, int) or mcmc_steps < 1:
-      raise ValueError(f"`mcmc_steps` must be an integer >= 1, got {mcmc_steps!r}.")
+    if isinstance(mcmc_steps, (bool, np.bool_)) or not isinstance(
+        mcmc_steps, numbers.Integral) or mcmc_steps < 1:
+      raise ValueError(f"`mcmc_steps` must be an integer >= 1 (a Python or NumPy integer), got "
+                       f"{mcmc_steps!r}.")
     self.sampler = sampler
     self.mcmc_steps = int(mcmc_steps)
 
