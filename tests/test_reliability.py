@@ -165,3 +165,23 @@ def test_found_no_layer_names_the_real_reason_and_the_layers():
   dense_only = keras.Model(inputs, L.Dense(3, name="fc")(inputs))
   with pytest.raises(ValueError, match=r"found no layer.*fc: .*kernel Hamiltonian"):
     tf_gibbs.prune_gibbs(dense_only, hamiltonian="kernel")
+
+
+# --- 14. a pruning wrapper inside TimeDistributed ------------------------------------------------
+
+
+def test_time_distributed_pruning_wrapper_trains_counts_steps_and_strips_exactly():
+  inputs = keras.Input((5, 8))
+  inner = tf_gibbs.prune_gibbs(L.Dense(6, name="fc"), tf_gibbs.GibbsSchedule(0.5, end_step=4))
+  h = L.TimeDistributed(inner, name="td")(inputs)
+  model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(h)))
+  x = np.random.RandomState(0).randn(8, 5, 8).astype("float32")
+  model.compile("adam", "mse")
+  model.fit(x, np.zeros((8, 2)), batch_size=8, epochs=6, verbose=0,
+            callbacks=[tf_gibbs.UpdatePruningStep()])
+  assert int(inner.pruning_step) == 6
+  stripped = tf_gibbs.strip_pruning(model)
+  kernel = stripped.get_layer("td").layer.kernel.numpy()
+  assert type(stripped.get_layer("td").layer) is L.Dense and (kernel == 0).sum() == 24
+  np.testing.assert_allclose(stripped.predict(x, verbose=0), model.predict(x, verbose=0),
+                             rtol=1e-6, atol=1e-6)

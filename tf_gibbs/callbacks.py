@@ -11,6 +11,7 @@ from tf_gibbs import adaptive as adaptive_lib
 from tf_gibbs import gibbs as gibbs_lib
 from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import keras
+from tf_gibbs._keras import walk_layers
 
 
 class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
@@ -31,7 +32,9 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
   """
 
   def on_train_begin(self, logs=None):
-    self.prunable_layers = pruning_wrapper.collect_prunable_layers(self.model)
+    # tfmot's collect_prunable_layers does not look inside TimeDistributed and other wrappers.
+    self.prunable_layers = [layer for layer in walk_layers(self.model)
+                            if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]
     if not self.prunable_layers:
       warnings.warn("UpdatePruningStep: the model has no pruning wrapper; nothing to update.",
                     stacklevel=2)

@@ -397,6 +397,9 @@ def strip_pruning(model):
       return _stripped_copy(layer, pending)
     if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
       return layer.layer
+    if isinstance(layer, keras.layers.TimeDistributed) and isinstance(
+        layer.layer, pruning_wrapper.PruneLowMagnitude):
+      return keras.layers.TimeDistributed(strip(layer.layer), name=layer.name)
     return layer
 
   stripped = keras.models.clone_model(model, input_tensors=None, clone_function=strip)
