@@ -280,3 +280,34 @@ def test_float64_models_get_a_clear_error():
       tf_gibbs.prune_gibbs(model)
   finally:
     keras.backend.set_floatx("float32")
+
+
+def _tiny_tflite():
+  return tf_gibbs.export_tflite(small_cnn(), sparse=False)
+
+
+@pytest.mark.parametrize("inputs,pattern", [
+    (np.zeros((8, 8, 1), np.float32), r"shape \(8, 8, 1\).*expects \(None, 8, 8, 1\).*x\[None\]"),
+    (np.zeros((2, 8, 9, 1), np.float32), r"shape \(2, 8, 9, 1\).*expects \(None, 8, 8, 1\)"),
+])
+def test_run_tflite_names_the_expected_input_shape(inputs, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    tf_gibbs.run_tflite(_tiny_tflite(), inputs)
+
+
+def test_run_tflite_falls_back_only_for_the_xnnpack_prepare_failure(monkeypatch):
+  from tf_gibbs import export  # pylint: disable=g-import-not-at-top
+
+  def broken(interpreter, inputs):
+    raise RuntimeError("delegate: something else went wrong")
+
+  monkeypatch.setattr(export, "_run", broken)
+  with pytest.raises(RuntimeError, match="something else"):
+    tf_gibbs.run_tflite(_tiny_tflite(), np.zeros((1, 8, 8, 1), np.float32))
+
+
+def test_export_to_a_directory_fails_before_converting(tmp_path, monkeypatch):
+  monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model",
+                      lambda *a: pytest.fail("converted before checking the path"))
+  with pytest.raises(ValueError, match="`path`.*is a directory"):
+    tf_gibbs.export_tflite(small_cnn(), tmp_path)

@@ -1,6 +1,7 @@
 """TFLite / LiteRT export of pruned models, and a LiteRT runner to check them."""
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -81,6 +82,9 @@ def export_tflite(model, path=None, sparse=True, quantize=None, representative_d
                      f"quantize={quantize!r}.")
   if path is not None and not isinstance(path, (str, os.PathLike)):
     raise TypeError(f"`path` must be a file path or None, got {type(path).__name__}.")
+  if path is not None and os.path.isdir(os.fspath(path)):
+    raise ValueError(f"`path` {os.fspath(path)!r} is a directory; give the path of the "
+                     ".tflite file to write (e.g. 'model.tflite').")
   if is_wrapped(model):
     from tf_gibbs.prune import strip_pruning  # pylint: disable=g-import-not-at-top
     model = strip_pruning(model)
@@ -133,7 +137,7 @@ def run_tflite(model, inputs, num_threads=None):
   try:
     return _run(Interpreter(num_threads=num_threads, **source), inputs)
   except RuntimeError as e:
-    if "delegate" not in str(e):
+    if not _XNNPACK_PREPARE_FAILURE.search(str(e)):
       raise
   # LiteRT's default XNNPACK delegate cannot prepare sparse int8 weights (sparse=True with
   # quantize="dynamic" or "int8"); the built-in kernels run them.
@@ -142,6 +146,25 @@ def run_tflite(model, inputs, num_threads=None):
   resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
   return _run(Interpreter(num_threads=num_threads, experimental_op_resolver_type=resolver,
                           **source), inputs)
+
+
+# What LiteRT says when XNNPACK cannot prepare a node (e.g. sparse int8 weights): "failed to
+# delegate FULLY_CONNECTED node #4Node number 6 (TfLiteXNNPackDelegate) failed to prepare."
+_XNNPACK_PREPARE_FAILURE = re.compile(r"TfLiteXNNPackDelegate\) failed to prepare")
+
+
+def _check_input(name, value, detail):
+  """The batch axis first and the model's other dimensions, or a ValueError saying which."""
+  signature = [int(d) for d in detail.get("shape_signature", detail["shape"])]
+  expected = tuple(None if d < 0 or i == 0 else d for i, d in enumerate(signature))
+  shape = tuple(np.shape(value))
+  fits = len(shape) == len(signature) and all(
+      e is None or e == d for e, d in zip(expected, shape))
+  if not fits:
+    hint = (" (a batch axis first: for one example pass x[None])"
+            if len(shape) == len(signature) - 1 else "")
+    raise ValueError(f"`inputs` for the model's input {name!r} has shape {shape}; the model "
+                     f"expects {expected}, batch first{hint}.")
 
 
 def _run(interpreter, inputs):
@@ -158,6 +181,8 @@ def _run(interpreter, inputs):
     if len(names) != 1:
       raise ValueError(f"The model has inputs {names}: pass `inputs` as a dict by name.")
     feed = {names[0]: inputs}
+  for name, value in feed.items():
+    _check_input(name, value, details[name])
   feed = {k: np.asarray(v, details[k]["dtype"]) for k, v in feed.items()}
   outputs = runner(**feed)
   return next(iter(outputs.values())) if len(outputs) == 1 else dict(outputs)
