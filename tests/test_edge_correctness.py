@@ -260,3 +260,15 @@ def test_open_uniforms_are_uniform():
   assert u.min() > 0.0 and u.max() < 1.0
   assert abs(u.mean() - 0.5) < 0.005
   assert math.isclose(float((u < 0.25).mean()), 0.25, abs_tol=0.005)
+
+
+# --- 8. the conventions are where a user reads them ----------------------------------------------
+
+
+def test_conventions_are_documented_where_users_read_them():
+  import os  # pylint: disable=g-import-not-at-top
+  readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"),
+                encoding="utf-8").read()
+  for text in (tf_gibbs.prune_gibbs.__doc__, tf_gibbs.GibbsPruning.__doc__, readme):
+    assert "σ(2β(w² − Q_p))" in text and "twice the β" in text  # kernel energy's ±1 spins
+    assert "⌊C_in/2⌋·n" in text  # the chromatic sampler's true colour size
