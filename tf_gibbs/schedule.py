@@ -35,7 +35,8 @@ def check_number(value, argument, low=None, low_inclusive=True, high=None, high_
   if not math.isfinite(value):
     raise ValueError(f"`{argument}` must be finite, got {value!r}.")
   if not integer:  # the maths runs in float32: the value must survive the cast
-    as_float32 = float(np.float32(value))
+    with np.errstate(over="ignore", under="ignore"):
+      as_float32 = float(np.float32(value))
     if not math.isfinite(as_float32):
       raise ValueError(f"`{argument}` must be finite in float32 (|x| ≤ 3.4e38), got {value!r}.")
     if value != 0 and as_float32 == 0:
