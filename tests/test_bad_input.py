@@ -273,13 +273,13 @@ def test_adaptive_on_dynamic_spatial_input_works_with_params_and_refuses_flops_c
 
 
 def test_float64_models_get_a_clear_error():
-  keras.backend.set_floatx("float64")
-  try:
-    model = small_cnn()
-    with pytest.raises(TypeError, match=r"conv1.*float64.*float32"):
-      tf_gibbs.prune_gibbs(model)
-  finally:
-    keras.backend.set_floatx("float32")
+  # dtype per layer: set_floatx alone is ignored once a test has set a global policy.
+  inputs = keras.Input((8, 8, 1), dtype="float64")
+  h = keras.layers.Conv2D(4, 3, name="conv1", dtype="float64")(inputs)
+  model = keras.Model(inputs, keras.layers.Dense(2, dtype="float64")(keras.layers.Flatten(
+      dtype="float64")(h)))
+  with pytest.raises(TypeError, match=r"conv1.*float64.*float32"):
+    tf_gibbs.prune_gibbs(model)
 
 
 def _tiny_tflite():
