@@ -78,6 +78,14 @@ CASES = [
     (lambda: tf_gibbs.export_tflite(small_cnn(), quantize="int4"), ValueError, "`quantize`"),
     (lambda: tf_gibbs.run_tflite(3, np.zeros(3)), TypeError, "flatbuffer bytes"),
     (lambda: tf_gibbs.sparsity_report(_no_prunable_model()), ValueError, "no Conv1D"),
+    (lambda: tf_gibbs.prune_gibbs([keras.layers.Dense(2, name="a")], skip=["a", "nope"]),
+     ValueError, r"`skip` names layers that are not in the model: \['nope'\]"),
+    (lambda: tf_gibbs.prune_adaptive(small_cnn(), 0.5, min_weights=10**6), ValueError,
+     r"found no layer to prune.*Layers considered: conv1: they have fewer than min_weights"),
+    (lambda: tf_gibbs.GibbsSchedule.reference("filter", 0, 10, sampler="mcmc"), ValueError,
+     r"sampler='mcmc'.*chromatic.*exact"),
+    (lambda: tf_gibbs.prune_gibbs(small_cnn(), seed=np.float32(1.5)), ValueError,
+     r"`seed` must be None or an integer"),
 ]
 
 
