@@ -43,23 +43,18 @@ def walk_layers(model):
   """Yields the layers of ``model`` and, recursively, of the models nested in it and the layers
   inside Keras layer wrappers (``TimeDistributed(prune_gibbs(Dense(...)))``'s pruning wrapper;
   not the layer inside a pruning wrapper)."""
-  from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper  # pylint: disable=g-import-not-at-top
   for layer in model.layers:
-    yield layer
-    if isinstance(layer, keras.Model):
-      yield from walk_layers(layer)
-    elif isinstance(layer, keras.layers.Wrapper) and not isinstance(
-        layer, pruning_wrapper.PruneLowMagnitude):
-      yield from _wrapped_layers(layer)
+    yield from _layer_and_nested(layer)
 
 
-def _wrapped_layers(wrapper):
+def _layer_and_nested(layer):
   from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper  # pylint: disable=g-import-not-at-top
-  inner = wrapper.layer
-  yield inner
-  if isinstance(inner, keras.layers.Wrapper) and not isinstance(
-      inner, pruning_wrapper.PruneLowMagnitude):
-    yield from _wrapped_layers(inner)
+  yield layer
+  if isinstance(layer, keras.Model):
+    yield from walk_layers(layer)
+  elif isinstance(layer, keras.layers.Wrapper) and not isinstance(
+      layer, pruning_wrapper.PruneLowMagnitude):
+    yield from _layer_and_nested(layer.layer)
 
 
 def wrapped_layer_names(model):

@@ -215,8 +215,8 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     return cache[key][1]
 
   def _common_scale(self, members):
-    ratios = [tf.abs(m.read_weight()) / tf.maximum(tf.stop_gradient(
-        m.live_threshold(m.read_weight())), 1e-12) for m in members]
+    ratios = [adaptive_core.threshold_ratio(m.read_weight(), m.live_threshold(m.read_weight()))
+              for m in members]
     return adaptive_core.common_scale(ratios, [m.cost[self.budget] for m in members],
                                       self.pruning_schedule.target_sparsity)
 
@@ -236,10 +236,9 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     def freeze_now():
       if scale is None:
         return live_b, adaptive_core.keep_mask(weight, live_b)
-      # The same ratio |W| / b that common_scale counted, compared with the same k: testing
-      # |W| > k·b instead can round a weight at the boundary the other way (one weight off).
-      ratio = tf.abs(tf.stop_gradient(weight)) / tf.maximum(tf.stop_gradient(live_b), 1e-12)
-      return scale * tf.maximum(live_b, 1e-12), tf.cast(ratio > scale, tf.float32)
+      # The ratio common_scale counted, compared with its k (see threshold_ratio).
+      keep = adaptive_core.threshold_ratio(weight, live_b) > scale
+      return scale * tf.maximum(live_b, 1e-12), tf.cast(keep, tf.float32)
 
     def thresholded():
       return tf.stop_gradient(live_b), adaptive_core.keep_mask(weight, live_b)

@@ -23,6 +23,7 @@ for F = 8: the tile is an argument, not a guess.
 """
 
 import numpy as np
+import tensorflow as tf
 
 from tf_gibbs import shrinking
 from tf_gibbs._keras import keras
@@ -126,7 +127,7 @@ def pack_narrow_convs(model, tile=16):
 
   tensors, new_layers, weights_to_set = {}, {}, []
   report = {"packed": {}}
-  for c, layer, i, inputs, kwargs in graph.nodes:
+  for c, layer, i, inputs, spec in graph.nodes:
     name = c["name"]
     if name in folded_away:
       continue
@@ -157,8 +158,7 @@ def pack_narrow_convs(model, tile=16):
       new = new_layers[name] = type(layer).from_config(layer.get_config())
       if layer.weights:
         weights_to_set.append((new, [w.numpy() for w in layer.weights]))
-    outputs = shrinking._call(new, args, kwargs)  # pylint: disable=protected-access
-    for t, out in enumerate(shrinking._as_list(outputs)):  # pylint: disable=protected-access
+    for t, out in enumerate(tf.nest.flatten(spec(new, args))):
       tensors[(name, i, t)] = out
   packed = keras.Model([tensors[k] for k in graph.inputs], [tensors[k] for k in graph.outputs],
                        name=graph.model.name)

@@ -108,7 +108,7 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=Non
           left_dense[layer.name] = _unsupported_reason(layer)
         return copy_of(layer)
       if skipped(layer):
-        left_dense[layer.name] = "skipped (`skip`)"
+        left_dense[layer.name] = _SKIPPED
         return copy_of(layer)
       reason = None if fits is None else fits(layer)
       if reason is not None:
@@ -131,7 +131,7 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=Non
           f"{wrapper_lib.supported_layer_names()}" + (" (after `skip`)" if skip else "") +
           (f". Layers considered: {considered}." if considered else
            "; the model has no layer that holds weights."))
-    unwrapped = {name: why for name, why in left_dense.items() if why != "skipped (`skip`)"}
+    unwrapped = {name: why for name, why in left_dense.items() if why != _SKIPPED}
     if unwrapped:
       warnings.warn(f"{api_name}: layers {list(unwrapped)} are left dense:\n" + "\n".join(
           f"  {name}: {why}" for name, why in unwrapped.items()), stacklevel=3)
@@ -145,6 +145,9 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=Non
   raise TypeError(
       f"`to_prune` must be a Sequential or functional tf_keras model, a tf_keras layer or a list "
       f"of layers; got {type(to_prune).__name__}.")
+
+
+_SKIPPED = "skipped (`skip`)"  # a layer the user left dense on purpose: named, not warned about
 
 
 def _holds_weights(layer):

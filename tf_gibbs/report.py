@@ -86,8 +86,9 @@ def sparsity_report(model, plot=None, print_fn=print):
     from tf_gibbs.prune import strip_pruning  # pylint: disable=g-import-not-at-top
     from tf_gibbs.wrapper import PruningWrapper  # pylint: disable=g-import-not-at-top
     for layer in walk_layers(model):
-      if isinstance(layer, PruningWrapper) and layer.capped_target() is not None:
-        notes[layer.layer.name] = layer.capped_target()
+      note = layer.capped_target() if isinstance(layer, PruningWrapper) else None
+      if note is not None:
+        notes[layer.layer.name] = note
     model = strip_pruning(model)
   layers = [layer for layer in walk_layers(model) if type(layer) in REPORTED]
   if not layers:

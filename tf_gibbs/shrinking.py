@@ -210,7 +210,6 @@ class _Graph:
 
   def __init__(self, model):
     self.model = model
-    self.layers = {layer.name: layer for layer in model.layers}
     self.nodes = []
     self.node_counts = {}
     for depth in sorted(model._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
@@ -246,14 +245,6 @@ def graph_of(model, caller):
   if isinstance(model, keras.Sequential):
     model = keras.Model(model.inputs, model.outputs, name=model.name)
   return _Graph(model)
-
-
-def _as_list(x):
-  return list(x) if isinstance(x, (list, tuple)) else [x]
-
-
-def _call(layer, inputs, spec, **extra):
-  return spec(layer, inputs, **extra)
 
 
 def _probe(shape, cmask, cval):
@@ -315,7 +306,7 @@ def _analyze(graph, borders):
       outs = [values[(c["name"], 0, 0)]]
     else:
       outs = [np.asarray(o) for o in tf.nest.flatten(
-          _call(layer, [values[k] for k in inputs], spec, training=False))]
+          spec(layer, [values[k] for k in inputs], training=False))]
     out_keys = [(c["name"], i, t) for t in range(len(outs))]
     for key, out in zip(out_keys, outs):
       values[key] = out
@@ -327,7 +318,7 @@ def _analyze(graph, borders):
       continue
     out_key = out_keys[0]
     probes = [_probe(shapes[k], cmask[k], cval[k]) for k in inputs]
-    uniform, value = _uniform(np.asarray(_call(layer, probes, spec, training=False)))
+    uniform, value = _uniform(np.asarray(spec(layer, probes, training=False)))
     if kind == "producer":
       kernel = layer.kernel.numpy()
       in_key = inputs[0]
@@ -335,17 +326,11 @@ def _analyze(graph, borders):
       reaches = np.abs(kernel[..., varying_in, :]).reshape(-1, kernel.shape[-1]).max(
           axis=0, initial=0.0) > 0
       const = ~reaches & uniform
-      if _mixes_channels(layer.activation):
-        const[:] = False  # e.g. softmax(z)_j depends on every z
-        left_as_is[c["name"]] = _mixing_reason(layer.activation)
     elif kind == "depthwise":
       kernel = layer.depthwise_kernel.numpy()
       multiplier = kernel.shape[-1]
       dead = np.abs(kernel).reshape(-1, *kernel.shape[-2:]).max(axis=0) == 0  # (C, m)
       const = (dead | cmask[inputs[0]][:, None]).reshape(-1) & uniform
-      if _mixes_channels(layer.activation):
-        const[:] = False
-        left_as_is[c["name"]] = _mixing_reason(layer.activation)
       channels = np.arange(kernel.shape[-2])
       links.append((inputs[0], out_key, np.repeat(channels, multiplier),
                     np.arange(channels.size * multiplier)))
@@ -368,6 +353,9 @@ def _analyze(graph, borders):
       value = np.tile(cval[inputs[0]], repeats)
       links.append((inputs[0], out_key, np.tile(np.arange(n), repeats),
                     np.arange(n * repeats)))
+    if kind in ("producer", "depthwise") and _mixes_channels(layer.activation):
+      const[:] = False  # e.g. softmax(z)_j depends on every z
+      left_as_is[c["name"]] = _mixing_reason(layer.activation)
     cmask[out_key] = const
     cval[out_key] = np.where(const, value, 0.0)
   forced.update(graph.outputs)
@@ -531,7 +519,7 @@ def _rebuild(graph, a):
       new = new_layers[name] = type(layer).from_config(cfg)
       if new_weights:
         weights_to_set.append((new, new_weights))
-    outputs = _call(new, args, spec)
+    outputs = spec(new, args)
     for key, out in zip(out_keys, tf.nest.flatten(outputs)):
       tensors[key] = out
     if deferred:

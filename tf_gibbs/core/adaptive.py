@@ -170,6 +170,13 @@ def initial_r(target_sparsity):
   return math.sqrt(2.0) * float(tf.math.erfinv(tf.constant(0.6 * target_sparsity, tf.float64)))
 
 
+def threshold_ratio(weight, b):
+  """|W| / b (b floored at 1e-12), no gradient: what :func:`common_scale` counts and the
+  exact-budget freeze compares with its k. One function for both, so that a weight at the
+  boundary is counted and masked alike (|W| > k·b can round the other way)."""
+  return tf.abs(tf.stop_gradient(weight)) / tf.maximum(tf.stop_gradient(b), 1e-12)
+
+
 def common_scale(ratios, costs, target_sparsity, iterations=64):
   """The smallest k with Σ_l c_l · mean(ratio_l ≤ k) / Σ_l c_l ≥ s, by bisection.
 
