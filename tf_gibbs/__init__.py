@@ -24,6 +24,8 @@ from tf_gibbs.schedule import L0Schedule
 from tf_gibbs.shrinking import shrink
 from tf_gibbs.wrapper import PruningWrapper
 
+from tf_gibbs import keras3  # registers the Keras 3 wrappers for keras.models.load_model
+
 __version__ = "0.1.0"
 
 __all__ = [

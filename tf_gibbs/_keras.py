@@ -25,6 +25,20 @@ def is_keras3_object(obj):
   return False
 
 
+def targets_keras3(obj, argument="to_prune"):
+  """True if ``obj`` (a layer, a model, or a list of them) is Keras 3, False if tf_keras.
+
+  Raises TypeError for a list that mixes the two Kerases (one model cannot hold both).
+  """
+  items = list(obj) if isinstance(obj, (list, tuple)) else [obj]
+  kinds = {is_keras3_object(item) for item in items if hasattr(item, "__class__")}
+  if len(kinds) > 1:
+    raise TypeError(
+        f"`{argument}` mixes Keras 3 objects (`import keras`) and tf_keras objects "
+        "(`import tf_keras`); a model is built with one Keras. Use the same Keras for all.")
+  return kinds == {True}
+
+
 def check_not_keras3(obj, argument):
   """Raises TypeError if ``obj`` is a Keras 3 object."""
   if is_keras3_object(obj):

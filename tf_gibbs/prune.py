@@ -18,6 +18,7 @@ from tf_gibbs import l0 as l0_lib
 from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import is_graph_model
+from tf_gibbs._keras import targets_keras3
 from tf_gibbs._keras import keras
 from tf_gibbs._keras import walk_layers
 from tf_gibbs._keras import wrapped_layer_names
@@ -165,6 +166,37 @@ def _unsupported_reason(layer):
           f"{', '.join(wrapper_lib.supported_layer_names())})")
 
 
+def _keras3_layout(layer):
+  from tf_gibbs.keras3 import wrapper as wrapper3  # pylint: disable=g-import-not-at-top
+  return wrapper3.PRUNABLE[type(layer)][1]
+
+
+def _apply_keras3(to_prune, make_wrapper, skip, api_name, fits):
+  """The Keras 3 path of every prune_* function (same checks of ``skip`` as tf_keras)."""
+  from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
+  from tf_gibbs.keras3 import wrapper as wrapper3  # pylint: disable=g-import-not-at-top
+  import keras as keras3  # pylint: disable=g-import-not-at-top
+  if isinstance(to_prune, (list, tuple)):
+    if not to_prune:
+      raise ValueError(f"`to_prune` is an empty list; {api_name} needs at least one layer.")
+    known = [layer.name for layer in to_prune if isinstance(layer, keras3.layers.Layer)]
+  elif isinstance(to_prune, keras3.Model):
+    known = [layer.name for layer in prune3.walk_layers(to_prune)]
+  else:
+    known = None
+  skipped = _skip_predicate(skip, known=known)
+
+  def wrap(layer, index):
+    wrapper3.check_layer(layer)
+    reason = fits(layer)
+    if reason is not None:
+      raise ValueError(f"{api_name} cannot prune layer {layer.name} "
+                       f"({type(layer).__name__}): {reason}")
+    return make_wrapper(layer, index)
+
+  return prune3.apply_wrappers(to_prune, wrap, skipped, api_name, fits=fits)
+
+
 def _layer_seed(seed, index):
   return None if seed is None else (seed + index) % (2**31 - 1)
 
@@ -215,6 +247,17 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
   energy = gibbs_lib.make_hamiltonian(hamiltonian, c=c, sampler=sampler, mcmc_steps=mcmc_steps)
   gibbs_lib.check_test_mode(test_mode)
   wrapper_lib.check_seed(seed)
+
+  if targets_keras3(to_prune):
+    from tf_gibbs.keras3 import gibbs as gibbs3  # pylint: disable=g-import-not-at-top
+
+    def make_wrapper3(layer, index):
+      return gibbs3.GibbsPruning(layer, pruning_schedule=schedule, hamiltonian=hamiltonian,
+                                 test_mode=test_mode, c=c, sampler=sampler,
+                                 mcmc_steps=mcmc_steps, seed=_layer_seed(seed, index))
+
+    return _apply_keras3(to_prune, make_wrapper3, skip, "prune_gibbs",
+                         lambda layer: energy.check_layout(_keras3_layout(layer)))
 
   def make_wrapper(layer, index):
     return gibbs_lib.GibbsPruning(layer, pruning_schedule=schedule, hamiltonian=hamiltonian,
@@ -370,6 +413,9 @@ def strip_pruning(model):
   Returns:
     The stripped model (or layer).
   """
+  if targets_keras3(model, "model"):
+    from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
+    return prune3.strip_pruning(model)
   if isinstance(model, wrapper_lib.PruningWrapper):
     pending = []
     if not model.built:

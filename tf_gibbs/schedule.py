@@ -11,6 +11,54 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_sch
 from tf_gibbs._keras import keras
 
 
+class _TensorFlowMath:
+  """The few ops the schedules' formulas use, in TensorFlow (the tf_keras front, tfmot)."""
+  int_type = tf.int64
+  cast = staticmethod(tf.cast)
+  clip = staticmethod(tf.clip_by_value)
+  where = staticmethod(tf.where)
+  exp = staticmethod(tf.exp)
+  pow = staticmethod(tf.pow)
+  logical_and = staticmethod(tf.logical_and)
+  logical_or = staticmethod(tf.logical_or)
+  equal = staticmethod(tf.equal)
+
+  @staticmethod
+  def wide():
+    return tf.float64
+
+  @staticmethod
+  def constant(value, dtype):
+    return tf.constant(value, dtype)
+
+
+class _KerasMath:
+  """The same ops in ``keras.ops`` (the Keras 3 front, any backend): every schedule formula
+  below is written once and evaluated by either. Keras 3 counts steps in int32 and computes in
+  float64 where the backend has it (:func:`tf_gibbs.core.neutral.wide_float`)."""
+  int_type = "int32"
+
+  def __getattr__(self, name):
+    from keras import ops  # pylint: disable=g-import-not-at-top
+    names = {"clip": "clip", "where": "where", "exp": "exp", "pow": "power", "cast": "cast",
+             "logical_and": "logical_and", "logical_or": "logical_or", "equal": "equal"}
+    return getattr(ops, names[name])
+
+  @staticmethod
+  def wide():
+    from tf_gibbs.core import neutral  # pylint: disable=g-import-not-at-top
+    return neutral.wide_float()
+
+  @staticmethod
+  def constant(value, dtype):
+    from keras import ops  # pylint: disable=g-import-not-at-top
+    return ops.convert_to_tensor(value, dtype)
+
+
+TF_MATH = _TensorFlowMath()
+KERAS_MATH = _KerasMath()
+
+
 def check_choice(value, argument, accepted):
   """Validates that ``value`` is one of ``accepted``, naming ``argument`` and the choices."""
   if value not in accepted:
@@ -65,12 +113,13 @@ class _StepSchedule(pruning_schedule.PruningSchedule):
       raise ValueError(f"`end_step` must be {relation} `begin_step` ({self.begin_step}), "
                        f"got {self.end_step}.")
 
-  def sparsity(self, step):
+  def sparsity(self, step, xp=TF_MATH):
     raise NotImplementedError
 
-  def __call__(self, step):
-    should_prune = tf.greater_equal(tf.cast(step, tf.int64), self.begin_step)
-    return should_prune, self.sparsity(step)
+  def __call__(self, step, xp=TF_MATH):
+    """(should_prune, sparsity) at ``step``; ``xp`` = ``KERAS_MATH`` evaluates with keras.ops."""
+    should_prune = xp.cast(step, xp.int_type) >= self.begin_step
+    return should_prune, self.sparsity(step, xp)
 
   def get_config(self):
     return {"class_name": self.__class__.__name__,
@@ -154,25 +203,25 @@ class GibbsSchedule(_StepSchedule):
     return cls(target_sparsity, beta_begin=beta_begin, beta_end=beta_end, begin_step=begin_step,
                end_step=end_step, **kwargs)
 
-  def _progress(self, step):
+  def _progress(self, step, xp=TF_MATH):
     """t ∈ [0, 1] as float64; exactly 1 at and after end_step."""
-    step = tf.cast(step, tf.float64)
+    step = xp.cast(step, xp.wide())
     length = float(max(self.end_step - self.begin_step, 1))
-    t = tf.clip_by_value((step - float(self.begin_step)) / length, 0.0, 1.0)
-    return tf.where(step >= float(self.end_step), tf.constant(1.0, tf.float64), t)
+    t = xp.clip((step - float(self.begin_step)) / length, 0.0, 1.0)
+    return xp.where(step >= float(self.end_step), xp.constant(1.0, xp.wide()), t)
 
-  def beta(self, step):
+  def beta(self, step, xp=TF_MATH):
     """Inverse temperature β at ``step`` (float32 scalar tensor)."""
-    t = self._progress(step)
+    t = self._progress(step, xp)
     log_beta = math.log(self.beta_begin) + t * (math.log(self.beta_end) - math.log(self.beta_begin))
-    return tf.cast(tf.exp(log_beta), tf.float32)
+    return xp.cast(xp.exp(log_beta), "float32")
 
-  def sparsity(self, step):
+  def sparsity(self, step, xp=TF_MATH):
     """Target pruned fraction p at ``step`` (float64 scalar tensor: the wrappers prune
     round(p·n) groups of the Python number you gave, e.g. 4 of 10 at p = 0.35, which float32's
     0.34999999 would make 3)."""
-    t = self._progress(step)
-    ramp = tf.pow(1.0 - t, self.power)
+    t = self._progress(step, xp)
+    ramp = xp.pow(1.0 - t, self.power)
     return self.target_sparsity + (self.initial_sparsity - self.target_sparsity) * ramp
 
   CONFIG_KEYS = ("target_sparsity", "beta_begin", "beta_end", "begin_step", "end_step",
@@ -236,36 +285,35 @@ class L0Schedule(_StepSchedule):
   def has_budget(self):
     return self.target_sparsity is not None
 
-  def strength(self, step):
+  def strength(self, step, xp=TF_MATH):
     """λ(step) before the budget factor (float32 scalar tensor)."""
-    step = tf.cast(step, tf.float64)
-    active = tf.cast(step >= float(self.begin_step), tf.float64)
+    step = xp.cast(step, xp.wide())
+    active = xp.cast(step >= float(self.begin_step), xp.wide())
     if self.ramp_steps:
-      active *= tf.clip_by_value((step - float(self.begin_step)) / float(self.ramp_steps),
-                                 0.0, 1.0)
-    return tf.cast(self.l0_strength * active, tf.float32)
+      active *= xp.clip((step - float(self.begin_step)) / float(self.ramp_steps), 0.0, 1.0)
+    return xp.cast(self.l0_strength * active, "float32")
 
-  def sparsity(self, step):
+  def sparsity(self, step, xp=TF_MATH):
     """Budget s(step) (float64 scalar tensor, exactly ``target_sparsity`` once the ramp is
     over; 0 without a budget)."""
     if not self.has_budget:
-      return tf.constant(0.0, tf.float64)
-    step = tf.cast(step, tf.float64)
+      return xp.constant(0.0, xp.wide())
+    step = xp.cast(step, xp.wide())
     length = max(self.BUDGET_RAMP * (self.end_step - self.begin_step), 1.0)
-    t = tf.clip_by_value((step - float(self.begin_step)) / length, 0.0, 1.0)
-    return self.target_sparsity * (1.0 - tf.pow(1.0 - t, self.power))
+    t = xp.clip((step - float(self.begin_step)) / length, 0.0, 1.0)
+    return self.target_sparsity * (1.0 - xp.pow(1.0 - t, self.power))
 
   CONFIG_KEYS = ("l0_strength", "target_sparsity", "begin_step", "end_step", "ramp_steps",
                  "power", "budget_gain", "frequency")
 
-  def rerank(self, step):
+  def rerank(self, step, xp=TF_MATH):
     """Bool tensor: the budget's target set is re-ranked at ``step`` (every ``frequency``
     steps from ``begin_step``, and at ``end_step``, where the gates freeze; never after)."""
-    step = tf.cast(step, tf.int64)
-    periodic = tf.logical_and(
-        tf.logical_and(step >= self.begin_step, step < self.end_step),
-        tf.equal((step - self.begin_step) % self.frequency, 0))
-    return tf.logical_or(periodic, tf.equal(step, self.end_step))
+    step = xp.cast(step, xp.int_type)
+    periodic = xp.logical_and(
+        xp.logical_and(step >= self.begin_step, step < self.end_step),
+        xp.equal((step - self.begin_step) % self.frequency, 0))
+    return xp.logical_or(periodic, xp.equal(step, self.end_step))
 
 
 @keras.utils.register_keras_serializable(package="tf_gibbs")
@@ -292,6 +340,6 @@ class AdaptiveSchedule(_StepSchedule):
     self.target_sparsity = float(check_number(target_sparsity, "target_sparsity", 0.0, True, 1.0))
     self._set_steps(begin_step, end_step)
 
-  def sparsity(self, step):
+  def sparsity(self, step, xp=TF_MATH):
     del step
-    return tf.constant(self.target_sparsity, tf.float64)
+    return xp.constant(self.target_sparsity, xp.wide())

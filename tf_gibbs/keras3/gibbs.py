@@ -1,0 +1,115 @@
+"""Gibbs pruning (Labach & Valaee, arXiv 2006.04981) on Keras 3: the wrapper.
+
+The maths is :mod:`tf_gibbs.core.neutral` (backend-neutral); the Hamiltonians' arguments and
+checks are the tf_keras front's (:mod:`tf_gibbs.gibbs`), so both take the same arguments.
+"""
+
+import keras
+from keras import ops
+
+from tf_gibbs import gibbs as gibbs_front
+from tf_gibbs.core import gibbs as gibbs_core
+from tf_gibbs.core import neutral
+from tf_gibbs.keras3 import wrapper as wrapper_lib
+from tf_gibbs.schedule import GibbsSchedule
+from tf_gibbs.schedule import KERAS_MATH
+
+
+@keras.saving.register_keras_serializable(package="tf_gibbs")
+class GibbsPruning(wrapper_lib.PruningWrapper):
+  """Prunes a Keras 3 layer's kernel with masks drawn from a Gibbs distribution.
+
+  Training step t: β = schedule.beta(t), p = schedule.sparsity(t), and a fresh mask
+  x ~ p(x) ∝ exp(−β H(x; w)) (methods.md §1) is drawn; the layer computes with w ⊙ x (no
+  gradient through x). Inference (``test_mode="magnitude"``) and stripping use the exact-count
+  mask: min(round(p·n), n − 1) groups of smallest Σw² pruned. Same arguments and meaning as
+  :class:`tf_gibbs.GibbsPruning` (tf_keras); the uniforms are :func:`tf_gibbs.core.neutral.hash_uniform`
+  of (seed, step), identical on every backend.
+  """
+
+  def __init__(self, layer, pruning_schedule=None, hamiltonian="unstructured",
+               test_mode="magnitude", c=None, sampler=None, mcmc_steps=None, seed=None,
+               **kwargs):
+    if pruning_schedule is None:
+      pruning_schedule = GibbsSchedule()
+    pruning_schedule = wrapper_lib.schedule_from_config(pruning_schedule)
+    gibbs_front.check_gibbs_schedule(pruning_schedule, "pruning_schedule")
+    energy = gibbs_front.make_hamiltonian(hamiltonian, c=c, sampler=sampler,
+                                          mcmc_steps=mcmc_steps)
+    gibbs_front.check_test_mode(test_mode)
+    super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
+    reason = energy.check_layout(self.layout)
+    if reason is not None:
+      raise ValueError(f"hamiltonian={hamiltonian!r} does not fit layer {self.layer.name} "
+                       f"({type(self.layer).__name__}): {reason}")
+    self.hamiltonian = energy.name
+    self.test_mode = test_mode
+    self._energy = energy
+    if test_mode == "sample":
+      self._sample_seeds = keras.random.SeedGenerator(self.seed)
+
+  def build_method_variables(self, weight):
+    self._view = gibbs_core.canonical_shape(weight.shape, self.layout)
+
+  def target_groups(self):
+    n, channels, filters = self._view
+    what = "units" if self.layout == "dense" else "filters"
+    groups = {"unstructured": (n * channels * filters, "weights"),
+              "kernel": (channels * filters, "kernels"), "filter": (filters, what)}
+    schedule = self.pruning_schedule
+    return groups[self.hamiltonian] + (max(schedule.target_sparsity,
+                                           schedule.initial_sparsity),)
+
+  def beta(self, step=None):
+    step = self.pruning_step.value if step is None else step
+    return self.pruning_schedule.beta(step, KERAS_MATH)
+
+  def _sample(self, weight, step, seed):
+    should_prune, sparsity = self.pruning_schedule(step, KERAS_MATH)
+    beta = self.beta(step)
+    view = ops.reshape(weight, self._view)
+    energy = self._energy
+    if self.hamiltonian == "unstructured":
+      mask, threshold = neutral.unstructured_sample(
+          view, sparsity, beta, neutral.hash_uniform(seed, step, 0, self._view))
+    elif self.hamiltonian == "kernel":
+      mask, threshold = neutral.kernel_sample(view, sparsity, beta, energy.c, seed, step)
+    else:
+      mask, threshold = neutral.filter_sample(view, sparsity, beta, energy.c, seed, step,
+                                              energy.sampler, energy.mcmc_steps)
+    return self._layer_mask(mask, weight, should_prune), threshold
+
+  @staticmethod
+  def _layer_mask(mask, weight, should_prune):
+    mask = ops.reshape(mask, ops.shape(weight))
+    return ops.maximum(mask, ops.cast(ops.logical_not(should_prune), "float32"))
+
+  def training_weight(self, weight, step):
+    mask, threshold = self._sample(weight, step, self.seed)
+    mask = ops.stop_gradient(mask)
+    self.mask.assign(mask)
+    self.threshold.assign(threshold)
+    return weight * mask
+
+  def deterministic_mask(self, weight, step):
+    """The β → ∞ mask at ``step``: exactly min(round(p·#groups), #groups − 1) pruned."""
+    should_prune, sparsity = self.pruning_schedule(step, KERAS_MATH)
+    mask = neutral.deterministic_mask(self.hamiltonian, ops.reshape(weight, self._view),
+                                      sparsity, exact=self.pruning_schedule.target_sparsity)
+    return self._layer_mask(mask, weight, should_prune)
+
+  def deterministic_weight(self, weight, step):
+    return weight * self.deterministic_mask(weight, step)
+
+  def inference_weight(self, weight, step):
+    if self.test_mode == "magnitude":
+      return self.deterministic_weight(weight, step)
+    seed = keras.random.randint((), 0, 2**31 - 1, seed=self._sample_seeds, dtype="int32")
+    mask, _ = self._sample(weight, step, seed)
+    return weight * mask
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"hamiltonian": self.hamiltonian, "test_mode": self.test_mode})
+    config.update(self._energy.get_config())
+    return config

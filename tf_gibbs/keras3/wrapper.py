@@ -1,0 +1,209 @@
+"""The Keras 3 base wrapper: step counter, masks, and the effective-weight forward pass.
+
+Backend-neutral (``keras.ops`` only, like Keras' own layers): runs on the TensorFlow, JAX and
+PyTorch backends, eagerly, in ``fit`` and under ``jit_compile``. No callback is needed: each
+wrapper counts its own training steps (``training=True`` calls) in ``pruning_step``, and the
+mask of step t is a pure function of (layer seed, t), so a resumed run draws the same masks and
+every replica the same mask.
+"""
+
+import random
+import warnings
+
+import keras
+from keras import ops
+
+from tf_gibbs.core import ranking
+from tf_gibbs.schedule import AdaptiveSchedule
+from tf_gibbs.schedule import GibbsSchedule
+from tf_gibbs.schedule import L0Schedule
+from tf_gibbs.schedule import check_number
+
+# Exact classes only (Conv2DTranspose, SeparableConv2D lay their kernels out differently):
+# class -> (attribute the layer's ``call`` reads the kernel from, kernel layout).
+PRUNABLE = {
+    keras.layers.Dense: ("_kernel", "dense"),
+    keras.layers.Conv1D: ("_kernel", "conv"),
+    keras.layers.Conv2D: ("_kernel", "conv"),
+    keras.layers.DepthwiseConv2D: ("kernel", "depthwise"),
+}
+
+TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
+SCHEDULES = {cls.__name__: cls for cls in (GibbsSchedule, L0Schedule, AdaptiveSchedule)}
+
+
+def supported_layer_names():
+  return sorted(cls.__name__ for cls in PRUNABLE)
+
+
+def check_backend():
+  """Raises if the Keras 3 backend cannot train (numpy, openvino)."""
+  backend = keras.backend.backend()
+  if backend not in TRAINING_BACKENDS:
+    raise RuntimeError(
+        f"tf_gibbs prunes during training, and the Keras backend {backend!r} runs inference "
+        f"only. Set KERAS_BACKEND to one of {list(TRAINING_BACKENDS)} before importing keras.")
+
+
+def check_layer(layer, argument="layer"):
+  """Validates one Keras 3 layer for wrapping; returns (kernel attribute, layout)."""
+  if not isinstance(layer, keras.layers.Layer):
+    raise TypeError(f"`{argument}` must be a Keras 3 layer, got {type(layer).__name__}.")
+  if isinstance(layer, PruningWrapper):
+    raise ValueError(
+        f"`{argument}` ({layer.name}) is already wrapped by {type(layer).__name__}; a layer can "
+        "carry one pruning wrapper. Strip it first (`tf_gibbs.strip_pruning`).")
+  if type(layer) not in PRUNABLE:
+    raise ValueError(
+        f"`{argument}` ({layer.name}, {type(layer).__name__}) is not a supported layer; "
+        f"supported layers: {supported_layer_names()}.")
+  return PRUNABLE[type(layer)]
+
+
+def check_seed(seed):
+  if seed is None:
+    return random.randrange(2**31 - 1)
+  return int(check_number(seed, "seed", 0, True, 2**31, False, integer=True))
+
+
+def schedule_from_config(config):
+  """A schedule from its ``get_config()`` dict ({"class_name", "config"}) or the schedule."""
+  if isinstance(config, tuple(SCHEDULES.values())):
+    return config
+  if not isinstance(config, dict) or config.get("class_name") not in SCHEDULES:
+    raise TypeError(f"`pruning_schedule` must be one of {sorted(SCHEDULES)} or its config, got "
+                    f"{config!r}.")
+  return SCHEDULES[config["class_name"]](**config["config"])
+
+
+class PruningWrapper(keras.layers.Wrapper):
+  """Base of the Keras 3 wrappers (:class:`GibbsPruning`, :class:`L0Gates`,
+  :class:`AdaptiveThreshold` in :mod:`tf_gibbs.keras3`).
+
+  Subclasses implement :meth:`training_weight` and :meth:`deterministic_weight`, may override
+  :meth:`inference_weight` and :meth:`build_method_variables`, and add their arguments to
+  :meth:`get_config`.
+
+  Variables: ``mask`` (last mask used), ``threshold``, ``pruning_step`` (int32: training steps
+  taken; the first training step is step 1, as on tf_keras with ``UpdatePruningStep``).
+
+  Args:
+    layer: a Keras 3 Dense, Conv1D, Conv2D or DepthwiseConv2D layer.
+    pruning_schedule: the method's schedule (or its config dict).
+    seed: integer seed of the layer's random stream; None draws one and stores it in the config.
+  """
+
+  def __init__(self, layer, pruning_schedule, seed=None, **kwargs):
+    check_backend()
+    self.weight_name, self.layout = check_layer(layer)
+    super().__init__(layer, **kwargs)
+    self.pruning_schedule = schedule_from_config(pruning_schedule)
+    self.seed = check_seed(seed)
+    # The wrapper runs ``layer.call``, which skips the inner layer's activity regularizer
+    # (Keras applies it in ``__call__``): the wrapper applies it to the same output instead.
+    self.activity_regularizer = layer.activity_regularizer
+
+  # --- hooks ------------------------------------------------------------------------------------
+
+  def build_method_variables(self, weight):
+    del weight
+
+  def training_weight(self, weight, step):
+    raise NotImplementedError
+
+  def deterministic_weight(self, weight, step):
+    raise NotImplementedError
+
+  def inference_weight(self, weight, step):
+    return self.deterministic_weight(weight, step)
+
+  def target_groups(self):
+    return None
+
+  def capped_target(self):
+    """None, or why this layer prunes fewer groups than its target (min(round(p·n), n − 1))."""
+    groups = self.target_groups() if self.built else None
+    if groups is None:
+      return None
+    n, what, target = groups
+    count, capped = ranking.python_pruned_count(n, target)
+    if not capped:
+      return None
+    return (f"layer {self.layer.name!r}: target_sparsity {target:g} would prune all {n} "
+            f"{what}; capped at {count} of {n} (sparsity {count / n:.4f}) so that the layer "
+            "keeps one and is not pruned away")
+
+  # --- Keras ------------------------------------------------------------------------------------
+
+  @property
+  def kernel_variable(self):
+    return getattr(self.layer, self.weight_name)
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    weight = self.kernel_variable
+    if weight.dtype != "float32":
+      raise TypeError(
+          f"Layer {self.layer.name!r} has {weight.dtype} weights; tf_gibbs prunes float32 "
+          "variables only. Build the model in float32; for half precision use a mixed "
+          "precision policy (keras.mixed_precision.set_dtype_policy('mixed_float16')), whose "
+          "variables stay float32.")
+    self.mask = self.add_weight(name="mask", shape=weight.shape, initializer="ones",
+                                dtype="float32", trainable=False, autocast=False)
+    self.threshold = self.add_weight(name="threshold", shape=(), initializer="zeros",
+                                     dtype="float32", trainable=False, autocast=False)
+    self.pruning_step = self.add_weight(name="pruning_step", shape=(), initializer="zeros",
+                                        dtype="int32", trainable=False, autocast=False)
+    self.build_method_variables(weight)
+    self.built = True
+    capped = self.capped_target()
+    if capped is not None:
+      warnings.warn(f"tf_gibbs: {capped}.", UserWarning, stacklevel=2)
+
+  def read_weight(self):
+    """The kernel's value in float32 (never the autocast copy)."""
+    return ops.convert_to_tensor(self.kernel_variable.value)
+
+  def call(self, inputs, training=None):
+    weight = self.read_weight()
+    if training:
+      step = ops.convert_to_tensor(self.pruning_step.value) + 1
+      self.pruning_step.assign(step)
+      effective = self.training_weight(weight, step)
+    else:
+      effective = self.inference_weight(weight, ops.convert_to_tensor(self.pruning_step.value))
+    return self.call_layer_with(inputs, effective)
+
+  def call_layer_with(self, inputs, effective_weight):
+    """Runs the inner layer's own ``call`` with ``effective_weight`` as its kernel."""
+    layer = self.layer
+    effective_weight = ops.cast(effective_weight, layer.compute_dtype)
+    inputs = ops.convert_to_tensor(inputs)
+    if "float" in str(inputs.dtype) and keras.backend.standardize_dtype(
+        inputs.dtype) != layer.compute_dtype:
+      inputs = ops.cast(inputs, layer.compute_dtype)
+    variable = layer.__dict__[self.weight_name]
+    # object.__setattr__: no tracking (Keras would re-register the tensor as a weight).
+    object.__setattr__(layer, self.weight_name, effective_weight)
+    try:
+      return layer.call(inputs)
+    finally:
+      object.__setattr__(layer, self.weight_name, variable)
+
+  def compute_output_shape(self, input_shape):
+    return self.layer.compute_output_shape(input_shape)
+
+  def schedule_finished(self, step=None):
+    step = ops.convert_to_tensor(self.pruning_step.value) if step is None else step
+    return step >= self.pruning_schedule.end_step
+
+  def final_weight(self):
+    """The deployable weight at the current step (what stripping writes), as a tensor."""
+    return self.deterministic_weight(self.read_weight(),
+                                     ops.convert_to_tensor(self.pruning_step.value))
+
+  def get_config(self):
+    config = super().get_config()
+    config["pruning_schedule"] = self.pruning_schedule.get_config()
+    config["seed"] = self.seed
+    return config
