@@ -171,6 +171,11 @@ def _keras3_layout(layer):
   return wrapper3.PRUNABLE[type(layer)][1]
 
 
+def _keras3_weight(layer):
+  from tf_gibbs.keras3 import wrapper as wrapper3  # pylint: disable=g-import-not-at-top
+  return wrapper3.PRUNABLE[type(layer)][0]
+
+
 def _apply_keras3(to_prune, make_wrapper, skip, api_name, fits):
   """The Keras 3 path of every prune_* function (same checks of ``skip`` as tf_keras)."""
   from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
@@ -317,6 +322,19 @@ def prune_l0(to_prune, granularity="weight", mode="deterministic", l0_strength=N
                     f"{list(l0_lib.GATE_ARGUMENTS)}.")
   wrapper_lib.check_seed(seed)
   group = l0_lib.PenaltyGroup()
+  if targets_keras3(to_prune):
+    from tf_gibbs.keras3 import l0 as l0_3  # pylint: disable=g-import-not-at-top
+
+    def make_wrapper3(layer, index):
+      wrapper = l0_3.L0Gates(layer, pruning_schedule=schedule, granularity=granularity,
+                             mode=mode, seed=_layer_seed(seed, index), **gate_kwargs)
+      wrapper.penalty_group = group
+      group.members.append(wrapper)
+      return wrapper
+
+    return _apply_keras3(to_prune, make_wrapper3, skip, "prune_l0",
+                         lambda layer: l0_lib.l0_core.granularity_misfit(
+                             granularity, _keras3_layout(layer)))
 
   def make_wrapper(layer, index):
     wrapper = l0_lib.L0Gates(layer, pruning_schedule=schedule, granularity=granularity,
@@ -367,6 +385,25 @@ def prune_adaptive(to_prune, target_sparsity, loss_weight=10.0, budget="params",
   min_weights = int(check_number(min_weights, "min_weights", 0, integer=True))
   check_bool(exact_budget, "exact_budget")
   group = uuid.uuid4().hex
+  if targets_keras3(to_prune):
+    import math  # pylint: disable=g-import-not-at-top
+    from tf_gibbs.keras3 import adaptive as adaptive3  # pylint: disable=g-import-not-at-top
+
+    def make_wrapper3(layer, index):
+      del index
+      return adaptive3.AdaptiveThreshold(
+          layer, pruning_schedule=schedule, loss_weight=loss_weight, budget=budget,
+          estimate=estimate, r_lr_multiplier=r_lr_multiplier, budget_group=group,
+          exact_budget=exact_budget)
+
+    def fits3(layer):
+      weight = getattr(layer, _keras3_weight(layer), None)
+      if weight is None or math.prod(weight.shape) >= min_weights:
+        return None
+      return (f"they have fewer than min_weights={min_weights} weights (the adaptive sparsity "
+              "loss leaves small layers dense).")
+
+    return _apply_keras3(to_prune, make_wrapper3, skip, "prune_adaptive", fits3)
 
   def make_wrapper(layer, index):
     del index

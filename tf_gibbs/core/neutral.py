@@ -488,3 +488,66 @@ def common_scale(ratios, costs, target_sparsity, iterations=64):
   high = ops.max(ops.stack([ops.max(r) for r in flat]))
   _, high = ops.fori_loop(0, iterations, body, (ops.zeros_like(high), high))
   return sg(high)
+
+
+def gate_noise(shape, seed, step):
+  """The uniforms of the hard-concrete gate, :func:`hash_uniform` mapped into [1e-6, 1 − 1e-6]
+  (the TensorFlow path's range)."""
+  return 1e-6 + (1.0 - 2e-6) * hash_uniform(seed, step, 0, shape)
+
+
+def l0_training_step(weight, mask, parameter, targets, log_factor, step, noise, *, schedule,
+                     view, scale, temperature, xp):
+  """One training step of a gated kernel: (training weight, mask, targets, log factor).
+
+  The same phases as :func:`tf_gibbs.core.l0.training_step` (gates live from begin_step to
+  end_step, the budget's targets re-ranked on the schedule's steps and its controller
+  μ ← clip(μ + gain·(reachable fraction − closed fraction), −20, 20), frozen gates and
+  fine-tuning from end_step on), with selects instead of conds.
+  """
+  should_prune, target = schedule(step, xp)
+  finished = step >= schedule.end_step
+  live = ops.logical_and(should_prune, ops.logical_not(finished))
+  log_alpha = scaled_parameter(parameter, scale)
+  deterministic = deterministic_gate(log_alpha, straight_through_clip=noise is None)
+  gates = deterministic if noise is None else hard_concrete(log_alpha, noise, temperature)
+  shape = weight.shape
+  weight_view = ops.reshape(weight, view)
+
+  def full(group_tensor):
+    return ops.reshape(ops.broadcast_to(group_tensor, view), shape)
+
+  frozen = mask
+  if schedule.has_budget:
+    exact = schedule.target_sparsity
+    targets = ops.cond(
+        schedule.rerank(step, xp),
+        lambda: budget_targets(group_importance(weight_view, sg(deterministic)), target, exact),
+        lambda: targets)
+    reachable = budget_fraction(math.prod(parameter.shape), target, exact)
+    factor = ops.clip(
+        log_factor + schedule.budget_gain * (reachable - closed_fraction(sg(deterministic))),
+        -20.0, 20.0)
+    log_factor = ops.where(live, factor, log_factor)
+    frozen = ops.where(step == schedule.end_step, mask * (1.0 - full(targets)), mask)
+  effective = ops.where(live, ops.reshape(weight_view * gates, shape),
+                        ops.where(finished, weight * frozen, weight))
+  new_mask = ops.where(live, full(sg(deterministic)),
+                       ops.where(finished, frozen, ops.ones_like(mask)))
+  return effective, new_mask, targets, log_factor
+
+
+def l0_penalty(parameter, targets, log_factor, step, coefficient, *, schedule, scale,
+               temperature, xp):
+  """λ(step) · coefficient · Σ P(z > 0); budget mode: only the open targeted gates count and
+  the gradient (not the value) is multiplied by exp(μ). 0 from the end step on."""
+  log_alpha = scaled_parameter(parameter, scale)
+  nonzero = probability_nonzero(log_alpha, temperature)
+  if schedule.has_budget:
+    open_gates = ops.cast(_stretch(ops.sigmoid(sg(log_alpha))) > 0.0, "float32")
+    nonzero = nonzero * open_gates * targets
+  term = ops.sum(nonzero) * coefficient
+  if schedule.has_budget:
+    term = term + (ops.exp(log_factor) - 1.0) * (term - sg(term))
+  value = schedule.strength(step, xp) * term
+  return ops.where(step >= schedule.end_step, ops.zeros_like(value), value)

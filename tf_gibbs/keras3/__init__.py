@@ -5,7 +5,9 @@ The wrappers are registered Keras 3 serializables: ``keras.models.load_model`` r
 (with their step, masks, gates and thresholds) once ``tf_gibbs`` is imported.
 """
 
+from tf_gibbs.keras3.adaptive import AdaptiveThreshold
 from tf_gibbs.keras3.gibbs import GibbsPruning
+from tf_gibbs.keras3.l0 import L0Gates
 from tf_gibbs.keras3.wrapper import PruningWrapper
 
-__all__ = ["GibbsPruning", "PruningWrapper"]
+__all__ = ["AdaptiveThreshold", "GibbsPruning", "L0Gates", "PruningWrapper"]
