@@ -10,6 +10,9 @@ import tensorflow as tf
 from tf_gibbs.core import gibbs as gibbs_lib
 from tf_gibbs.core import ranking as q_lib
 
+from brute_force import empirical_tv
+from brute_force import tv_bound
+
 
 def _sample_masks(weights, sparsity, beta, num_samples, base_seed=7):
   """num_samples independent masks from the stateless sampler, one per seed (seed, i)."""
@@ -30,21 +33,6 @@ def _exact_configuration_distribution(weights, sparsity, beta):
   return configs, probs / probs.sum()
 
 
-def _tv_bound(num_configs, num_samples, delta=1e-6):
-  """E[TV(p̂, p)] ≤ ½·√(K/M); TV moves by ≤ 1/M per sample, so by McDiarmid
-  P(TV ≥ E[TV] + t) ≤ exp(−2 M t²): with t = √(log(1/δ) / (2M)) the test fails with prob ≤ δ."""
-  return 0.5 * math.sqrt(num_configs / num_samples) + math.sqrt(
-      math.log(1 / delta) / (2 * num_samples))
-
-
-def _empirical_tv(samples, configs, probs):
-  index = {tuple(c.astype(int)): i for i, c in enumerate(configs)}
-  counts = np.zeros(len(configs))
-  for row in samples.reshape(len(samples), -1).astype(int):
-    counts[index[tuple(row)]] += 1
-  return 0.5 * np.abs(counts / len(samples) - probs).sum()
-
-
 WEIGHTS = np.array([0.05, -0.2, 0.31, -0.4, 0.12], np.float32)
 
 
@@ -53,8 +41,8 @@ def test_configuration_distribution_matches_brute_force(beta, sparsity):
   num_samples = 20000
   samples = _sample_masks(WEIGHTS, sparsity, beta, num_samples)
   configs, probs = _exact_configuration_distribution(WEIGHTS, sparsity, beta)
-  tv = _empirical_tv(samples, configs, probs)
-  assert tv < _tv_bound(len(configs), num_samples), tv
+  tv = empirical_tv(samples, configs, probs)
+  assert tv < tv_bound(len(configs), num_samples), tv
 
 
 def test_brute_force_check_can_fail():
@@ -62,7 +50,7 @@ def test_brute_force_check_can_fail():
   num_samples = 20000
   samples = _sample_masks(WEIGHTS, 0.6, 40.0, num_samples)
   configs, probs = _exact_configuration_distribution(WEIGHTS, 0.6, 20.0)
-  assert _empirical_tv(samples, configs, probs) > 2 * _tv_bound(len(configs), num_samples)
+  assert empirical_tv(samples, configs, probs) > 2 * tv_bound(len(configs), num_samples)
 
 
 def test_keep_frequency_matches_sigmoid_per_weight():

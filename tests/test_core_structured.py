@@ -1,7 +1,6 @@
 """Kernel-wise and filter-wise samplers against their exact distributions (brute force)."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest
@@ -10,39 +9,13 @@ import tensorflow as tf
 
 from tf_gibbs.core import structured
 
+from brute_force import empirical_tv
+from brute_force import exact
+from brute_force import filter_energy
+from brute_force import kernel_energy
+from brute_force import tv_bound
+
 NUM_SAMPLES = 20000
-
-
-def _tv_bound(num_configs, num_samples, delta=1e-6):
-  """½√(K/M) bounds E[TV]; McDiarmid adds √(log(1/δ)/(2M)) at failure probability δ."""
-  return 0.5 * math.sqrt(num_configs / num_samples) + math.sqrt(
-      math.log(1 / delta) / (2 * num_samples))
-
-
-def _empirical_tv(samples, configs, probs):
-  index = {tuple(c): i for i, c in enumerate(configs)}
-  counts = np.zeros(len(configs))
-  for row in samples.astype(int):
-    counts[index[tuple(row)]] += 1
-  return 0.5 * np.abs(counts / len(samples) - probs).sum()
-
-
-def _exact(energy_fn, n, beta):
-  configs = np.array(list(itertools.product([0, 1], repeat=n)))
-  spins = 2.0 * configs - 1.0
-  logits = -beta * np.array([energy_fn(s) for s in spins])
-  probs = np.exp(logits - logits.max())
-  return [tuple(c) for c in configs], probs / probs.sum()
-
-
-def _kernel_energy(fields, coupling):
-  return lambda s: -coupling * (s.sum() ** 2 - len(s)) + (fields * s).sum()
-
-
-def _filter_energy(fields_a, fields_b, coupling):
-  n_a = len(fields_a)
-  return lambda s: 0.5 * (np.r_[fields_a, fields_b] * s).sum() - 0.5 * coupling * (
-      s[:n_a].sum() * s[n_a:].sum())
 
 
 def _uniforms(shape, seed):
@@ -73,8 +46,8 @@ def test_kernel_sampler_matches_brute_force(beta, coupling):
   tiled = np.tile(fields, (NUM_SAMPLES, 1))
   samples = structured.sample_kernel_spins(tiled, coupling, beta,
                                            _uniforms([NUM_SAMPLES, 5], 1)).numpy()
-  configs, probs = _exact(_kernel_energy(fields, coupling), 4, beta)
-  assert _empirical_tv(samples, configs, probs) < _tv_bound(len(configs), NUM_SAMPLES)
+  configs, probs = exact(kernel_energy(fields, coupling), 4, beta)
+  assert empirical_tv(samples, configs, probs) < tv_bound(len(configs), NUM_SAMPLES)
 
 
 def test_kernel_check_has_power():
@@ -82,8 +55,8 @@ def test_kernel_check_has_power():
   tiled = np.tile(fields, (NUM_SAMPLES, 1))
   samples = structured.sample_kernel_spins(tiled, 0.5, 3.0,
                                            _uniforms([NUM_SAMPLES, 5], 2)).numpy()
-  configs, probs = _exact(_kernel_energy(fields, 0.0), 4, 3.0)  # wrong coupling
-  assert _empirical_tv(samples, configs, probs) > 2 * _tv_bound(len(configs), NUM_SAMPLES)
+  configs, probs = exact(kernel_energy(fields, 0.0), 4, 3.0)  # wrong coupling
+  assert empirical_tv(samples, configs, probs) > 2 * tv_bound(len(configs), NUM_SAMPLES)
 
 
 @pytest.mark.parametrize("n_a,beta,coupling", [(2, 1.0, 0.5), (2, 3.0, 1.0), (0, 2.0, 1.0),
@@ -95,8 +68,8 @@ def test_filter_exact_sampler_matches_brute_force(n_a, beta, coupling):
       np.tile(fields_a, (NUM_SAMPLES, 1)).reshape(NUM_SAMPLES, n_a),
       np.tile(fields_b, (NUM_SAMPLES, 1)), coupling, beta, _uniforms([NUM_SAMPLES, 6], 3))
   samples = np.concatenate([a.numpy(), b.numpy()], axis=1)
-  configs, probs = _exact(_filter_energy(fields_a, fields_b, coupling), 5, beta)
-  assert _empirical_tv(samples, configs, probs) < _tv_bound(len(configs), NUM_SAMPLES)
+  configs, probs = exact(filter_energy(fields_a, fields_b, coupling), 5, beta)
+  assert empirical_tv(samples, configs, probs) < tv_bound(len(configs), NUM_SAMPLES)
 
 
 def test_chromatic_sampler_agrees_with_exact_distribution():
@@ -107,8 +80,8 @@ def test_chromatic_sampler_agrees_with_exact_distribution():
       np.tile(fields_a, (NUM_SAMPLES, 1)), np.tile(fields_b, (NUM_SAMPLES, 1)), coupling, beta,
       tf.constant([4, 0]), sweeps, ones(2), ones(3))
   samples = np.concatenate([a.numpy(), b.numpy()], axis=1)
-  configs, probs = _exact(_filter_energy(fields_a, fields_b, coupling), 5, beta)
-  assert _empirical_tv(samples, configs, probs) < _tv_bound(len(configs), NUM_SAMPLES)
+  configs, probs = exact(filter_energy(fields_a, fields_b, coupling), 5, beta)
+  assert empirical_tv(samples, configs, probs) < tv_bound(len(configs), NUM_SAMPLES)
 
 
 @pytest.mark.parametrize("size", [3, 5, 7])
@@ -164,8 +137,8 @@ def test_filter_exact_sampler_at_large_beta_with_coupling_gives_the_ground_state
   n_a, n_b = 2, 3
   for _ in range(20):
     fields = rng.randn(n_a + n_b) * 0.5
-    configs, probs = _exact(_filter_energy(fields[:n_a], fields[n_a:], coupling), 5, 1.0)
-    energies = [_filter_energy(fields[:n_a], fields[n_a:], coupling)(2.0 * np.array(c) - 1.0)
+    configs, probs = exact(filter_energy(fields[:n_a], fields[n_a:], coupling), 5, 1.0)
+    energies = [filter_energy(fields[:n_a], fields[n_a:], coupling)(2.0 * np.array(c) - 1.0)
                 for c in configs]
     order = np.argsort(energies)
     if energies[order[1]] - energies[order[0]] < 1e-3:
@@ -215,10 +188,10 @@ def test_hamiltonian_sample_mask_matches_brute_force_end_to_end(hamiltonian, kwa
   assert float(threshold) == pytest.approx(np.mean(w.astype(np.float64) ** 2), rel=1e-6)
   samples = np.reshape(mask.numpy(), (4, NUM_SAMPLES)).T
   if hamiltonian == "kernel":
-    configs, probs = _exact(_kernel_energy(fields, kwargs["c"]), 4, beta)
+    configs, probs = exact(kernel_energy(fields, kwargs["c"]), 4, beta)
   else:
-    configs, probs = _exact(_filter_energy(fields[:2], fields[2:], kwargs["c"]), 4, beta)
-  assert _empirical_tv(samples, configs, probs) < _tv_bound(len(configs), NUM_SAMPLES)
+    configs, probs = exact(filter_energy(fields[:2], fields[2:], kwargs["c"]), 4, beta)
+  assert empirical_tv(samples, configs, probs) < tv_bound(len(configs), NUM_SAMPLES)
   # And the draws are keyed by the seed: another step draws other masks.
   other, _ = energy.sample_mask(tf.constant(weights), 0.5, beta, tf.constant([5, 10]))
   assert not np.array_equal(other.numpy(), mask.numpy())

@@ -10,6 +10,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 from tf_gibbs import adaptive as adaptive_lib
 from tf_gibbs import gibbs as gibbs_lib
 from tf_gibbs import wrapper as wrapper_lib
+from tf_gibbs._keras import is_keras3_object
 from tf_gibbs._keras import keras
 from tf_gibbs._keras import walk_layers
 
@@ -31,7 +32,17 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
   no step time; put this callback before ``TensorBoard`` in the list to log them there).
   """
 
+  def set_model(self, model):
+    self._keras3 = is_keras3_object(model)
+    super().set_model(model)
+
   def on_train_begin(self, logs=None):
+    if getattr(self, "_keras3", False):
+      # Keras 3 wrappers count their own steps: the callback has nothing to update there; it
+      # only keeps their thresholds and gate parameters out of the optimizer's weight decay.
+      from tf_gibbs.keras3 import wrapper as wrapper3  # pylint: disable=g-import-not-at-top
+      wrapper3.exclude_from_weight_decay(getattr(self.model, "optimizer", None), self.model)
+      return
     # tfmot's collect_prunable_layers does not look inside TimeDistributed and other wrappers.
     self.prunable_layers = [layer for layer in walk_layers(self.model)
                             if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]
@@ -54,7 +65,13 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
     if built and int(keras.backend.get_value(built[0].pruning_step)) == -1:
       keras.backend.batch_set_value([(layer.pruning_step, 0) for layer in built])
 
+  def on_train_batch_begin(self, batch, logs=None):
+    if not getattr(self, "_keras3", False):
+      super().on_train_batch_begin(batch, logs)
+
   def on_epoch_end(self, batch, logs=None):
+    if getattr(self, "_keras3", False):
+      return
     super().on_epoch_end(batch, logs)
     if logs is None:
       return

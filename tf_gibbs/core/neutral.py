@@ -53,6 +53,7 @@ def _impossible(dtype):
 
 def straight_through(value, x, slope=1.0):
   """``value`` forward (exactly), d/dx = ``slope`` backward: sg(value) + (x − sg(x))·slope."""
+  x = ops.convert_to_tensor(x)
   return sg(value) + (x - sg(x)) * slope
 
 
@@ -162,7 +163,8 @@ def unstructured_sample(weights, sparsity, beta, uniforms, exact=None):
 
 
 def _logaddexp(a, b):
-  big = ops.maximum(a, b)
+  # A select, not ops.maximum: Keras' PyTorch ops.maximum/minimum return float32 for float64.
+  big = ops.where(a > b, a, b)
   gap = ops.cast(ops.abs(a - b), "float32")
   return big + ops.cast(ops.log(1.0 + ops.exp(-gap)), big.dtype)
 
@@ -201,7 +203,7 @@ def _sample_given_count(log_x, suffix, count, uniforms):
   for i in range(n):
     log_num = log_x[:, i] + _take_rows(suffix[:, i + 1], ops.maximum(remaining - 1, 0))
     log_den = _take_rows(suffix[:, i], remaining)
-    p_take = ops.exp(ops.cast(ops.minimum(log_num - log_den, 0.0), "float32"))
+    p_take = ops.exp(ops.minimum(ops.cast(log_num - log_den, "float32"), 0.0))
     p_take = ops.where(remaining > 0, p_take, 0.0)
     take = ops.cast(ops.less(uniforms[:, i], p_take), "int32")
     picks.append(take)
@@ -370,12 +372,14 @@ def _stretch(probability):
 
 def scaled_parameter(parameter, scale):
   """scale·θ forward, gradient reaching θ unscaled (a per-variable learning-rate multiplier)."""
+  parameter = ops.convert_to_tensor(parameter)
   return straight_through(scale * parameter, parameter)
 
 
 def deterministic_gate(log_alpha, straight_through_clip=True):
   """z = clip((ζ − γ) σ(log α) + γ, 0, 1); with ``straight_through_clip`` a clipped gate passes
   the gradient of the unclipped stretch."""
+  log_alpha = ops.convert_to_tensor(log_alpha)
   stretched = _stretch(ops.sigmoid(log_alpha))
   clipped = ops.clip(stretched, 0.0, 1.0)
   if not straight_through_clip:
@@ -423,6 +427,7 @@ def clip_r(r):
 
 
 def unbiased_std(weight):
+  weight = ops.convert_to_tensor(weight)
   n = math.prod(weight.shape)
   variance = ops.mean(ops.square(weight - ops.mean(weight)))
   return ops.sqrt(variance * (n / max(n - 1, 1)))
@@ -440,6 +445,7 @@ def keep_mask(weight, b):
 def masked_straight_through(weight, mask, b, straight_through_weight=True):
   """Ŵ = W·m with dŴ/dW = 1 (or m when ``straight_through_weight`` is False) and
   dŴ/db = −W(1 − m)/b (the reference code's straight-through hard shrink)."""
+  weight, b = ops.convert_to_tensor(weight), ops.convert_to_tensor(b)
   mask = ops.cast(mask, weight.dtype)
   delta = weight - sg(weight)
   d_weight = ops.where(straight_through_weight, delta, delta * mask)

@@ -40,7 +40,7 @@ def check_backend():
   """Raises if the Keras 3 backend cannot train (numpy, openvino)."""
   backend = keras.backend.backend()
   if backend not in TRAINING_BACKENDS:
-    raise RuntimeError(
+    raise ValueError(
         f"tf_gibbs prunes during training, and the Keras backend {backend!r} runs inference "
         f"only. Set KERAS_BACKEND to one of {list(TRAINING_BACKENDS)} before importing keras.")
 
@@ -74,6 +74,25 @@ def schedule_from_config(config):
     raise TypeError(f"`pruning_schedule` must be one of {sorted(SCHEDULES)} or its config, got "
                     f"{config!r}.")
   return SCHEDULES[config["class_name"]](**config["config"])
+
+
+def exclude_from_weight_decay(optimizer, model):
+  """Keeps the wrappers' own trainable variables (L0 gate parameters, adaptive thresholds r)
+  out of ``optimizer``'s weight decay, as the reference codes do; the user's exclusions stay.
+
+  Keras 3's ``optimizer.exclude_from_weight_decay`` refuses a built optimizer and replaces
+  the earlier list; this adds to the set it reads when the train step is traced, so call it
+  before the first ``fit`` step (``tf_gibbs.UpdatePruningStep`` does, at ``on_train_begin``).
+  """
+  if optimizer is None or not getattr(optimizer, "weight_decay", None):
+    return
+  wrappers = [layer for layer in getattr(model, "_flatten_layers", lambda: [])()
+              if isinstance(layer, PruningWrapper)]
+  own = [v for w in wrappers for v in w._trainable_variables]  # pylint: disable=protected-access
+  excluded = set(getattr(optimizer, "_exclude_from_weight_decay", set()))
+  excluded.update(optimizer._var_key(v) for v in own)  # pylint: disable=protected-access
+  optimizer._exclude_from_weight_decay = excluded  # pylint: disable=protected-access
+  optimizer._exclude_from_weight_decay_cache = {}  # pylint: disable=protected-access
 
 
 class PruningWrapper(keras.layers.Wrapper):

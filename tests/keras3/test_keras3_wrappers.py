@@ -1,0 +1,272 @@
+"""The Keras 3 wrappers on the current backend: prune inside fit without a callback, strip to
+exact sparsity with equal predictions, save/load/resume, and bad input."""
+
+import math
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import tf_gibbs
+from tf_gibbs.core import ranking
+from tf_gibbs.keras3 import prune as prune3
+
+from conftest import to_numpy
+
+STEPS = 8  # 2 epochs of 4 batches
+END = 6
+
+
+def small_model():
+  inputs = keras.Input((6, 6, 2))
+  x = keras.layers.Conv2D(6, 3, activation="relu", name="conv")(inputs)
+  x = keras.layers.DepthwiseConv2D(2, name="depthwise")(x)
+  x = keras.layers.Flatten(name="flatten")(x)
+  outputs = keras.layers.Dense(3, name="dense")(x)
+  return keras.Model(inputs, outputs, name="small")
+
+
+def data(n=32, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.normal(size=(n, 6, 6, 2)).astype("float32"), rng.normal(size=(n, 3)).astype(
+      "float32")
+
+
+METHODS = {
+    "gibbs-unstructured": lambda m: tf_gibbs.prune_gibbs(
+        m, tf_gibbs.GibbsSchedule(0.5, end_step=END), seed=3),
+    "gibbs-kernel": lambda m: tf_gibbs.prune_gibbs(
+        m, tf_gibbs.GibbsSchedule(0.5, end_step=END), hamiltonian="kernel", skip="dense",
+        seed=3),
+    "gibbs-filter-chromatic": lambda m: tf_gibbs.prune_gibbs(
+        m, tf_gibbs.GibbsSchedule(0.5, beta_begin=0.01, beta_end=1, end_step=END),
+        hamiltonian="filter", mcmc_steps=5, seed=3),
+    "gibbs-filter-exact": lambda m: tf_gibbs.prune_gibbs(
+        m, tf_gibbs.GibbsSchedule(0.5, end_step=END), hamiltonian="filter", sampler="exact",
+        seed=3),
+    "l0-weight-budget": lambda m: tf_gibbs.prune_l0(
+        m, schedule=tf_gibbs.L0Schedule(1.0, target_sparsity=0.5, end_step=END, frequency=2),
+        seed=3),
+    "l0-stochastic-filter": lambda m: tf_gibbs.prune_l0(
+        m, granularity="filter", mode="stochastic", skip="dense",
+        schedule=tf_gibbs.L0Schedule(1.0, target_sparsity=0.5, end_step=END), seed=3),
+    "adaptive": lambda m: tf_gibbs.prune_adaptive(m, 0.6, begin_step=0, end_step=END,
+                                                  min_weights=50),
+}
+
+
+def _wrappers(model):
+  return [layer for layer in prune3.walk_layers(model)
+          if isinstance(layer, tf_gibbs.keras3.PruningWrapper)]
+
+
+def _fit(model, epochs=2, x=None, y=None, **kwargs):
+  if x is None:
+    x, y = data()
+  model.compile(keras.optimizers.Adam(1e-2), "mse", **kwargs)
+  return model.fit(x, y, epochs=epochs, batch_size=8, shuffle=False, verbose=0)
+
+
+def _group_count(wrapper):
+  """(groups the method's per-layer target counts, pruned groups expected)."""
+  if isinstance(wrapper, tf_gibbs.keras3.GibbsPruning):
+    n = wrapper.target_groups()[0]
+  else:
+    n = math.prod(wrapper.gate_parameter.shape)
+  return n, ranking.python_pruned_count(n, 0.5)[0]
+
+
+def _zero_groups(kernel, wrapper):
+  view = np.reshape(kernel, wrapper._view)  # pylint: disable=protected-access
+  if getattr(wrapper, "hamiltonian", None) == "unstructured" or getattr(
+      wrapper, "granularity", None) == "weight":
+    return int((view == 0).sum())
+  if getattr(wrapper, "hamiltonian", None) == "kernel":
+    return int(np.all(view == 0, axis=0).sum())
+  return int(np.all(view == 0, axis=(0, 1)).sum())
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_prune_fit_strip_is_exact_and_leaves_the_user_model_alone(method):
+  model = small_model()
+  before = [w.copy() for w in model.get_weights()]
+  pruned = METHODS[method](model)
+  assert isinstance(pruned, keras.Model)
+  wrappers = _wrappers(pruned)
+  assert wrappers and all(isinstance(w, tf_gibbs.keras3.PruningWrapper) for w in wrappers)
+  _fit(pruned)  # no callback
+  assert [int(to_numpy(w.pruning_step.value)) for w in wrappers] == [STEPS] * len(wrappers)
+  x, _ = data(16, seed=1)
+  stripped = tf_gibbs.strip_pruning(pruned)
+  assert not _wrappers(stripped)
+  np.testing.assert_allclose(to_numpy(stripped.predict(x, verbose=0)),
+                             to_numpy(pruned.predict(x, verbose=0)), atol=1e-6)
+  kernels = {layer.name: layer.get_weights()[0] for layer in stripped.layers if layer.weights}
+  if method == "adaptive":
+    budget = [kernels[w.layer.name] for w in wrappers]  # the layers under the budget
+    total = sum(k.size for k in budget)
+    zero = sum(int((k == 0).sum()) for k in budget)
+    assert 0.6 <= zero / total < 0.6 + 3 / total  # the global budget, exactly up to ties
+  else:
+    for wrapper in wrappers:
+      n, expected = _group_count(wrapper)
+      assert _zero_groups(kernels[wrapper.layer.name], wrapper) == expected, wrapper.name
+  for old, new in zip(before, model.get_weights()):  # the user's model never changes
+    np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.parametrize("method", ["gibbs-unstructured", "l0-weight-budget", "adaptive"])
+def test_save_load_resume_equals_an_uninterrupted_fit(method, tmp_path):
+  x, y = data()
+  keras.utils.set_random_seed(5)
+  straight = METHODS[method](small_model())
+  _fit(straight, epochs=2, x=x, y=y)
+  keras.utils.set_random_seed(5)
+  first = METHODS[method](small_model())
+  _fit(first, epochs=1, x=x, y=y)
+  first.save(tmp_path / "half.keras")
+  resumed = keras.models.load_model(tmp_path / "half.keras")  # no custom_objects
+  assert [type(w) for w in _wrappers(resumed)] == [type(w) for w in _wrappers(first)]
+  resumed.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+  for a, b in zip(straight.weights, resumed.weights):
+    assert a.path.split("/")[-1] == b.path.split("/")[-1]
+    np.testing.assert_allclose(to_numpy(a.value), to_numpy(b.value), rtol=1e-5, atol=1e-6,
+                               err_msg=a.path)
+  x_test, _ = data(8, seed=2)
+  np.testing.assert_allclose(to_numpy(resumed.predict(x_test, verbose=0)),
+                             to_numpy(straight.predict(x_test, verbose=0)), atol=1e-5)
+
+
+class _StopOnce(keras.callbacks.Callback):
+  def __init__(self):
+    super().__init__()
+    self.stopped = False
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch == 1 and not self.stopped:
+      self.stopped = True
+      raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resumes_the_masks_exactly(tmp_path):
+  x, y = data()
+  keras.utils.set_random_seed(5)
+  straight = METHODS["gibbs-kernel"](small_model())
+  _fit(straight, epochs=2, x=x, y=y)
+  keras.utils.set_random_seed(5)
+  model = METHODS["gibbs-kernel"](small_model())
+  model.compile(keras.optimizers.Adam(1e-2), "mse")
+  backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+  stop = _StopOnce()
+  with pytest.raises(RuntimeError, match="interrupted"):
+    model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[backup, stop])
+  keras.utils.set_random_seed(5)
+  model = METHODS["gibbs-kernel"](small_model())
+  model.compile(keras.optimizers.Adam(1e-2), "mse")
+  model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[backup, stop])
+  for a, b in zip(straight.weights, model.weights):
+    np.testing.assert_allclose(to_numpy(a.value), to_numpy(b.value), rtol=1e-5, atol=1e-6,
+                               err_msg=a.path)
+
+
+def test_mask_of_a_step_is_a_function_of_seed_and_step():
+  x, _ = data(4)
+  layers = [tf_gibbs.prune_gibbs(keras.layers.Dense(5), tf_gibbs.GibbsSchedule(0.5), seed=9)
+            for _ in range(2)]
+  flat = x.reshape(4, -1)
+  for layer in layers:
+    layer.build(flat.shape)
+    layer.layer.set_weights([np.linspace(-1, 1, 72 * 5).reshape(72, 5).astype("float32"),
+                             np.zeros(5, "float32")])
+  masks = []
+  for layer in layers:
+    layer(flat, training=True)
+    masks.append(to_numpy(layer.mask.value))
+  np.testing.assert_array_equal(masks[0], masks[1])
+  layers[0](flat, training=True)  # step 2
+  assert not np.array_equal(to_numpy(layers[0].mask.value), masks[0])
+  assert int(to_numpy(layers[0].pruning_step.value)) == 2
+  layers[0](flat, training=False)  # inference does not count
+  assert int(to_numpy(layers[0].pruning_step.value)) == 2
+
+
+def test_update_pruning_step_callback_is_harmless_and_excludes_weight_decay():
+  x, y = data()
+  pruned = METHODS["adaptive"](small_model())
+  optimizer = keras.optimizers.AdamW(1e-2, weight_decay=0.5)
+  pruned.compile(optimizer, "mse")
+  r_before = {w.name: w.clipped_r() for w in _wrappers(pruned)}
+  pruned.fit(x, y, epochs=1, batch_size=8, verbose=0,
+             callbacks=[tf_gibbs.UpdatePruningStep()])
+  wrappers = _wrappers(pruned)
+  assert [int(to_numpy(w.pruning_step.value)) for w in wrappers] == [4] * len(wrappers)
+  excluded = optimizer._exclude_from_weight_decay  # pylint: disable=protected-access
+  assert all(optimizer._var_key(w.r_parameter) in excluded for w in wrappers)  # pylint: disable=protected-access
+  assert r_before  # r exists for every wrapped layer
+
+
+def test_compiled_fit_and_default_compile():
+  x, y = data()
+  backend = keras.backend.backend()
+  for jit in (["auto", True] if backend in ("tensorflow", "jax") else ["auto"]):
+    pruned = METHODS["gibbs-filter-chromatic"](small_model())
+    _fit(pruned, jit_compile=jit, x=x, y=y)
+    stripped = tf_gibbs.strip_pruning(pruned)
+    kernel = stripped.get_layer("conv").get_weights()[0]
+    assert int(np.all(kernel == 0, axis=(0, 1, 2)).sum()) == 3
+
+
+def test_subclassed_model_with_wrapped_layers_counts_steps():
+
+  class Net(keras.Model):
+
+    def __init__(self):
+      super().__init__()
+      self.hidden = tf_gibbs.prune_l0(keras.layers.Dense(8), target_sparsity=0.5)
+      self.out = keras.layers.Dense(3)
+
+    def call(self, inputs, training=None):  # as for Dropout: pass `training` on
+      return self.out(self.hidden(keras.ops.reshape(inputs, (-1, 72)), training=training))
+
+  net = Net()
+  _fit(net, epochs=1)
+  assert int(to_numpy(net.hidden.pruning_step.value)) == 4
+  assert isinstance(tf_gibbs.strip_pruning(net.hidden), keras.layers.Dense)
+
+
+def test_bad_input_is_refused_with_clear_errors(monkeypatch):
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  with pytest.raises(TypeError, match="mixes Keras 3 objects"):
+    tf_gibbs.prune_gibbs([keras.layers.Dense(2), tf_keras.layers.Dense(2)])
+  with pytest.raises(ValueError, match="not a supported layer"):
+    tf_gibbs.prune_gibbs(keras.layers.Conv2DTranspose(2, 3))
+  with pytest.raises(TypeError, match="GibbsSchedule"):
+    tf_gibbs.prune_gibbs(keras.layers.Dense(2), tf_gibbs.L0Schedule())
+  with pytest.raises(ValueError, match="hamiltonian='kernel' does not fit|kernel Hamiltonian"):
+    tf_gibbs.prune_gibbs(keras.layers.Dense(2), hamiltonian="kernel")
+  with pytest.raises(ValueError, match="already wrapped"):
+    tf_gibbs.prune_gibbs(tf_gibbs.prune_gibbs(keras.layers.Dense(2)))
+  with pytest.raises(ValueError, match=r"`skip` names layers that are not in the model"):
+    tf_gibbs.prune_gibbs(small_model(), skip=["nope"])
+  with pytest.raises(ValueError, match="found no layer to prune"):
+    tf_gibbs.prune_adaptive(small_model(), 0.5, min_weights=10**6)
+  monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
+  with pytest.raises(ValueError, match="KERAS_BACKEND"):
+    tf_gibbs.prune_gibbs(keras.layers.Dense(2))
+
+
+def test_cap_warning_names_the_layer():
+  inputs = keras.Input((4,))
+  model = keras.Model(inputs, keras.layers.Dense(2, name="tiny")(inputs))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    tf_gibbs.prune_gibbs(model, tf_gibbs.GibbsSchedule(0.99), hamiltonian="filter")
+  assert any("'tiny'" in str(w.message) and "capped" in str(w.message) for w in caught)
+
+
+def test_strip_of_a_layer_and_of_an_unfinished_schedule_warns():
+  pruned = METHODS["gibbs-unstructured"](small_model())
+  _fit(pruned, epochs=1)  # 4 of 6 steps
+  with pytest.warns(UserWarning, match="has not reached its end step"):
+    tf_gibbs.strip_pruning(pruned)
