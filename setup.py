@@ -1,4 +1,4 @@
-"""tf_gibbs: Gibbs pruning, L0 gates and adaptive sparsity for tf_keras models."""
+"""tf_gibbs: Gibbs pruning, L0 gates and adaptive sparsity for Keras 3 and tf_keras models."""
 
 from setuptools import find_packages
 from setuptools import setup
@@ -6,11 +6,17 @@ from setuptools import setup
 EXAMPLES = ["tensorflow-datasets>=4.9,<5", "scikit-learn>=1.3,<2", "matplotlib>=3.7,<4",
             "tensorboard>=2.21,<2.22"]  # PruningSummaries / TensorBoard logging
 LITERT = ["ai-edge-litert>=2.0,<3"]
+# Keras 3 backends besides TensorFlow (keras 3 itself comes with tensorflow). torch: the tests
+# pin the CPU build that lies on these machines' disk (a newer or unpinned torch pulls a
+# multi-GB CUDA build).
+KERAS3_JAX = ["jax>=0.4.34,<0.11"]
+KERAS3_TORCH = ["torch>=2.1,<2.14"]
+TEST_BACKENDS = ["jax>=0.10,<0.11", "torch==2.13.0"]
 
 setup(
     name="tf_gibbs",
     version="0.1.0",
-    description="Train-time pruning for tf_keras: Gibbs pruning, L0 gates, adaptive sparsity.",
+    description="Train-time pruning for Keras 3 (TensorFlow, JAX, PyTorch) and tf_keras: Gibbs pruning, L0 gates, adaptive sparsity.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tf_gibbs", "tf_gibbs.*"]),
@@ -21,11 +27,14 @@ setup(
         "tensorflow-model-optimization>=0.8,<0.9",
         "absl-py>=1.2,<2",  # tensorflow-model-optimization 0.8 pins absl-py~=1.2
         "numpy>=1.26",
+        "keras>=3.13,<3.16",  # Keras 3 front (tensorflow 2.21 brings 3.15)
     ],
     extras_require={
         "examples": EXAMPLES,
         "litert": LITERT,
-        "test": ["pytest>=7", "scipy>=1.10,<2"] + EXAMPLES + LITERT,
+        "jax": KERAS3_JAX,
+        "torch": KERAS3_TORCH,
+        "test": ["pytest>=7", "scipy>=1.10,<2"] + EXAMPLES + LITERT + TEST_BACKENDS,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

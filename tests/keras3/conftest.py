@@ -55,3 +55,9 @@ def compiled(fn):
     import jax  # pylint: disable=g-import-not-at-top
     return jax.jit(fn)
   return fn
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _the_requested_backend():
+  """Fails every test if Keras did not start on KERAS_BACKEND (default tensorflow)."""
+  assert keras.backend.backend() == os.environ.get("KERAS_BACKEND", "tensorflow")
