@@ -12,7 +12,9 @@ new mask at every step. L0 gates (modes ``l0`` = per weight, ``l0_filter``, ...)
 gates in budget mode (target 0.9), the most expensive L0 configuration (penalty, controller and
 the budget's ranking). Adaptive sparsity loss (mode ``adaptive``): ``prune_adaptive`` at a 0.9
 budget. ``wrapper``: the shared wrapper base with an identity step (the floor of every method);
-a suffix ``@noxla`` (``l0@noxla``) traces a model with the nested XLA clusters off. Every model is timed without and with ``jit_compile=True`` (``--xla both``, the default; tfmot
+``--keras3_backends tensorflow,jax,torch`` adds the Keras 3 rows (each method over the dense
+Keras 3 model, ``benchmarks/keras3_overhead.py``; ``--modes none`` for those alone).
+A suffix ``@noxla`` (``l0@noxla``) traces a model with the nested XLA clusters off. Every model is timed without and with ``jit_compile=True`` (``--xla both``, the default; tfmot
 is compiled the same way as the others). Targets: Gibbs unstructured ≤ 1.10 (issue #2), kernel and filter ≤ 1.25 (issue #3),
 L0 ≤ 1.15 (issue #4), adaptive ≤ 1.10 (issue #5), at batch 128 and at batch 16. Then prints the cost of one mask sample against the
 kernel size (3×3, 5×5, 7×7) for every Hamiltonian.
@@ -197,11 +199,24 @@ def main(argv=None):
                       "(l0_<granularity>), adaptive, wrapper (the shared base alone), to time "
                       "against tfmot; append @noxla to run tf_gibbs' nested XLA clusters as "
                       "plain ops")
+  parser.add_argument("--keras3_backends", default="",
+                      help="also time the Keras 3 rows (benchmarks/keras3_overhead.py) on these "
+                      "backends, e.g. tensorflow,jax,torch, one process each ('' to skip)")
   parser.add_argument("--sampler_sizes", default="3,5,7",
                       help="kernel sizes for the sampler-cost table ('' to skip it)")
   args = parser.parse_args(argv)
 
   results = {}
+  for backend in [b for b in args.keras3_backends.split(",") if b]:
+    import subprocess  # pylint: disable=g-import-not-at-top
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                 "keras3_overhead.py"),
+                    "--batch_sizes", args.batch_sizes, "--depth", str(args.depth)]
+                   + (["--steps", str(args.steps)] if args.steps else []), env=env, check=True)
+  if args.keras3_backends and args.modes == "none":
+    return results
   for xla in {"off": [False], "on": [True], "both": [False, True]}[args.xla]:
     keras.utils.set_random_seed(0)
     models = {"tfmot": _prepare(tfmot_model(args.depth), xla)}

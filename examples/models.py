@@ -12,31 +12,32 @@
 import tf_keras as keras
 
 
-def _conv(filters, kernel_size, strides, name, weight_decay):
+def _conv(filters, kernel_size, strides, name, weight_decay, keras=keras):  # pylint: disable=redefined-outer-name
   return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
                              use_bias=False, kernel_initializer="he_normal",
                              kernel_regularizer=keras.regularizers.l2(weight_decay), name=name)
 
 
-def resnet(depth=20, num_classes=10, input_shape=(32, 32, 3), weight_decay=1e-4):
-  """ResNet-``depth`` (6n + 2) for 32×32 images; L2 ``weight_decay`` on the conv kernels."""
+def resnet(depth=20, num_classes=10, input_shape=(32, 32, 3), weight_decay=1e-4, keras=keras):  # pylint: disable=redefined-outer-name
+  """ResNet-``depth`` (6n + 2) for 32×32 images; L2 ``weight_decay`` on the conv kernels.
+  ``keras``: tf_keras (default) or the Keras 3 module, which build it with the same code."""
   if (depth - 2) % 6:
     raise ValueError(f"`depth` must be 6n + 2 (20, 32, 56, ...), got {depth}.")
   blocks = (depth - 2) // 6
   inputs = keras.Input(input_shape, name="image")
-  h = _conv(16, 3, 1, "stem", weight_decay)(inputs)
+  h = _conv(16, 3, 1, "stem", weight_decay, keras)(inputs)
   h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="stem_bn")(h))
   for stage, filters in enumerate((16, 32, 64)):
     for block in range(blocks):
       name = f"s{stage}b{block}"
       strides = 2 if stage > 0 and block == 0 else 1
       shortcut = h
-      h = _conv(filters, 3, strides, f"{name}_conv1", weight_decay)(h)
+      h = _conv(filters, 3, strides, f"{name}_conv1", weight_decay, keras)(h)
       h = keras.layers.ReLU()(keras.layers.BatchNormalization(name=f"{name}_bn1")(h))
-      h = _conv(filters, 3, 1, f"{name}_conv2", weight_decay)(h)
+      h = _conv(filters, 3, 1, f"{name}_conv2", weight_decay, keras)(h)
       h = keras.layers.BatchNormalization(name=f"{name}_bn2")(h)
       if strides != 1 or shortcut.shape[-1] != filters:
-        shortcut = _conv(filters, 1, strides, f"{name}_proj", weight_decay)(shortcut)
+        shortcut = _conv(filters, 1, strides, f"{name}_proj", weight_decay, keras)(shortcut)
         shortcut = keras.layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
       h = keras.layers.ReLU()(keras.layers.Add()([h, shortcut]))
   h = keras.layers.GlobalAveragePooling2D()(h)

@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import accuracy  # noqa: E402  pylint: disable=g-import-not-at-top
 import budget  # noqa: E402  pylint: disable=g-import-not-at-top
 import compare  # noqa: E402  pylint: disable=g-import-not-at-top
+import core_paths  # noqa: E402  pylint: disable=g-import-not-at-top
 import deploy  # noqa: E402  pylint: disable=g-import-not-at-top
 import overhead  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -98,3 +99,10 @@ def test_compare_runs_on_cifar10_when_the_data_is_there(tmp_path):
   assert abs(rows["tfmot"]["measured"] - 0.5 * 269_824 / 270_896) < 1e-4
   with open(output + ".md", encoding="utf-8") as f:
     assert "CIFAR-10, ResNet-20" in f.read()
+
+
+def test_core_paths_benchmark_runs():
+  ratios = core_paths.main(["--repeats", "2", "--size", "3", "--channels", "4"])
+  assert set(ratios) == {"quantile", "exact-count mask", "unstructured sample", "kernel sample",
+                         "filter sample (chromatic)"}
+  assert all(r > 0 for r in ratios.values())

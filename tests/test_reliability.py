@@ -185,3 +185,51 @@ def test_time_distributed_pruning_wrapper_trains_counts_steps_and_strips_exactly
   assert type(stripped.get_layer("td").layer) is L.Dense and (kernel == 0).sum() == 24
   np.testing.assert_allclose(stripped.predict(x, verbose=0), model.predict(x, verbose=0),
                              rtol=1e-6, atol=1e-6)
+
+
+_LOAD_WITHOUT_TF_GIBBS = """
+import sys, numpy as np, tf_keras as keras
+path, x_path, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+assert "tf_gibbs" not in sys.modules
+try:
+  model = keras.models.load_model(path)
+except Exception as error:  # the h5 case: print what the user sees
+  print("ERROR", type(error).__name__, error)
+  sys.exit(0)
+print("LOADED", type(model).__module__, "tf_gibbs" in sys.modules)
+np.save(x_path + ".out.npy", model.predict(np.load(x_path), verbose=0))
+"""
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_load_keras_file_in_a_process_that_never_imported_tf_gibbs(kind, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if kind == "sequential":
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="d1"),
+                              keras.layers.Dense(2, name="d2")])
+  else:
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(keras.layers.Dense(4)(inputs)))
+  pruned = tf_gibbs.prune_gibbs(model, tf_gibbs.GibbsSchedule(0.5, end_step=4), seed=1)
+  assert isinstance(pruned, keras.Sequential) == (kind == "sequential")
+  x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+  np.save(tmp_path / "x.npy", x)
+  script = tmp_path / "load.py"
+  script.write_text(_LOAD_WITHOUT_TF_GIBBS)
+  pruned.save(tmp_path / "m.keras")
+  out = subprocess.run([sys.executable, str(script), str(tmp_path / "m.keras"),
+                        str(tmp_path / "x.npy"), "keras"], capture_output=True, text=True,
+                       check=True).stdout
+  assert "LOADED tf_gibbs.prune True" in out, out  # the file's model class imported tf_gibbs
+  np.testing.assert_allclose(np.load(tmp_path / "x.npy.out.npy"),
+                             pruned.predict(x, verbose=0), atol=1e-6)
+  # .h5 (the legacy format reads classes by name only): an error that names tf_gibbs' class.
+  pruned.save(tmp_path / "m.h5")
+  out = subprocess.run([sys.executable, str(script), str(tmp_path / "m.h5"),
+                        str(tmp_path / "x.npy"), "h5"], capture_output=True, text=True,
+                       check=True).stdout
+  assert "ERROR" in out and "Unknown layer: 'TfGibbsPruned" in out, out
+  # A stripped model is Keras' own class again: it loads without tf_gibbs, like any model.
+  stripped = tf_gibbs.strip_pruning(pruned)
+  assert type(stripped).__module__.startswith("tf_keras")

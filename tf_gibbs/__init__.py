@@ -1,7 +1,8 @@
-"""tf_gibbs: train-time pruning for tf_keras models (Gibbs pruning, L0 gates, adaptive sparsity).
+"""tf_gibbs: train-time pruning for Keras models (Gibbs pruning, L0 gates, adaptive sparsity).
 
-Import Keras as ``import tf_keras as keras`` (Keras 2): tf_gibbs, like
-tensorflow-model-optimization, does not work with Keras 3 objects.
+``prune_gibbs``, ``prune_l0``, ``prune_adaptive`` and ``strip_pruning`` take Keras 3 objects
+(``import keras``; TensorFlow, JAX or PyTorch backend: wrappers in :mod:`tf_gibbs.keras3`) and
+tf_keras objects (Keras 2, with tensorflow-model-optimization: the wrappers below).
 """
 
 from tf_gibbs import core

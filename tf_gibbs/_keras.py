@@ -1,4 +1,5 @@
-"""The one place tf_gibbs imports Keras: tf_keras (Keras 2), the Keras tfmot works with.
+"""The one place the tf_keras front imports Keras: tf_keras (Keras 2), the Keras tfmot works
+with (the Keras 3 front, :mod:`tf_gibbs.keras3`, imports ``keras``).
 
 Importing tensorflow-model-optimization sets ``TF_USE_LEGACY_KERAS=1``, so ``tf.keras`` is
 tf_keras in a process that imports tf_gibbs before touching ``tf.keras``; ``import keras`` stays
@@ -10,10 +11,11 @@ import tensorflow_model_optimization as tfmot  # noqa: F401  (sets TF_USE_LEGACY
 import tf_keras as keras
 
 _KERAS3_HELP = (
-    "tf_gibbs (like tensorflow-model-optimization) works with Keras 2 (the `tf_keras` package) "
-    "only. Build the model with `import tf_keras as keras`, or set the environment variable "
-    "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported and use `tf.keras`; `import keras` "
-    "gives Keras 3, which cannot be pruned.")
+    "This function and the wrapper classes at the top of tf_gibbs work with Keras 2 (the "
+    "`tf_keras` package, what tensorflow-model-optimization uses). For Keras 3 models use "
+    "tf_gibbs.prune_gibbs / prune_l0 / prune_adaptive / strip_pruning, which dispatch on the "
+    "object's Keras, or the wrappers in tf_gibbs.keras3; shrink, export_tflite and "
+    "sparsity_report support tf_keras models only for now.")
 
 
 def is_keras3_object(obj):

@@ -29,6 +29,61 @@ from tf_gibbs.schedule import check_bool
 from tf_gibbs.schedule import check_number
 
 
+# --- model classes that make load_model import tf_gibbs -----------------------------------------
+#
+# tf_keras deserializes the layers of a model with its own table of layer classes, and returns
+# the class *name* (a str) for a class it does not know, which then fails far away ("'str' object
+# is not callable"): a model saved with tf_gibbs wrappers could not be loaded in a process that
+# had not imported tf_gibbs. The model itself, though, is deserialized by module: its class is
+# imported from the module recorded in the file. So the pruned model is one of these two
+# classes — Keras' own Sequential and functional model, unchanged — which live in tf_gibbs:
+# loading a .keras file imports tf_gibbs, which registers the wrappers before the layers are
+# read. (.h5 records classes by name only: there the error names TfGibbsPruned...)
+
+
+@keras.utils.register_keras_serializable(package="tf_gibbs")
+class TfGibbsPrunedSequential(keras.Sequential):
+  """A tf_keras ``Sequential`` model that holds tf_gibbs wrappers (behaviour unchanged; its class
+  makes ``load_model`` import tf_gibbs)."""
+
+
+def _functional_class():
+  from tf_keras.src.engine import functional  # pylint: disable=g-import-not-at-top
+  return functional.Functional
+
+
+@keras.utils.register_keras_serializable(package="tf_gibbs")
+class TfGibbsPrunedFunctional(_functional_class()):
+  """A tf_keras functional model that holds tf_gibbs wrappers (behaviour unchanged; its class
+  makes ``load_model`` import tf_gibbs)."""
+
+
+# The legacy .h5 format records a model's class by its plain name: known under it too, and a
+# process without tf_gibbs says "Unknown layer: 'TfGibbsPrunedFunctional'".
+keras.utils.get_custom_objects().update({
+    "TfGibbsPrunedSequential": TfGibbsPrunedSequential,
+    "TfGibbsPrunedFunctional": TfGibbsPrunedFunctional})
+
+_PLAIN_CLASS = {TfGibbsPrunedSequential: keras.Sequential,
+                TfGibbsPrunedFunctional: _functional_class()}
+
+
+def _as_pruned_class(model):
+  """The model, as TfGibbsPrunedSequential / TfGibbsPrunedFunctional if it is a plain Keras one."""
+  if type(model) is keras.Sequential:
+    model.__class__ = TfGibbsPrunedSequential
+  elif type(model) is _functional_class():
+    model.__class__ = TfGibbsPrunedFunctional
+  return model
+
+
+def _as_plain_class(model):
+  """The model back as Keras' own class (a stripped model needs no tf_gibbs to load)."""
+  if type(model) in _PLAIN_CLASS:
+    model.__class__ = _PLAIN_CLASS[type(model)]
+  return model
+
+
 def _skip_predicate(skip, known=None):
   """Turns ``skip`` (None, a name, names, or a callable) into a predicate on layers."""
   if skip is None:
@@ -138,7 +193,7 @@ def apply_wrappers(to_prune, make_wrapper, skip=None, api_name="prune", fits=Non
           f"  {name}: {why}" for name, why in unwrapped.items()), stacklevel=3)
     # Kept for sparsity_report (not serialized: a loaded model's report says less).
     object.__setattr__(model, "_tf_gibbs_left_dense", dict(left_dense))
-    return model
+    return _as_pruned_class(model)
 
   if isinstance(to_prune, keras.layers.Layer):
     return to_prune if _skip_predicate(skip)(to_prune) else make_wrapper(to_prune, 0)
@@ -488,7 +543,8 @@ def strip_pruning(model):
       return keras.layers.TimeDistributed(strip(layer.layer), name=layer.name)
     return layer
 
-  stripped = keras.models.clone_model(model, input_tensors=None, clone_function=strip)
+  stripped = _as_plain_class(
+      keras.models.clone_model(model, input_tensors=None, clone_function=strip))
   for copy, values in pending:
     copy.set_weights(values)
   if unfinished:
@@ -524,7 +580,8 @@ def _warn_when_tfmot_strips_early(tfmot_strip):
           "ended after it), so the stripped model would have unpruned kernels and other "
           "predictions. Use tf_gibbs.strip_pruning(model), which applies the current mask "
           "exactly, or train past end_step with tf_gibbs.UpdatePruningStep.", stacklevel=2)
-    return tfmot_strip(model)
+    stripped = tfmot_strip(model)
+    return _as_plain_class(stripped) if isinstance(stripped, keras.Model) else stripped
 
   strip_pruning_checked.tf_gibbs_checked = True
   return strip_pruning_checked

@@ -1,0 +1,87 @@
+"""Keras 3 rows of benchmarks/overhead.py: step time of each method on ResNet-20 divided by the
+same unpruned Keras 3 model's, on one backend (one process per backend).
+
+  KERAS_BACKEND=jax python benchmarks/keras3_overhead.py [--batch_sizes 128,16] [--steps N]
+  python benchmarks/overhead.py --keras3_backends tensorflow,jax,torch   # all, one process each
+
+Every model is the same ResNet-20 (CIFAR-shaped random data) built with Keras 3, the pruned ones
+wrapping every conv and projection except the stem (not the classifier), compiled the way Keras
+compiles by default (``jit_compile="auto"``: XLA on TensorFlow and JAX, eager on PyTorch), and
+trained with ``train_on_batch``, single steps interleaved (``overhead.measure``); the figure is
+the ratio of the 20th percentiles of the step times to the dense model's (medians too).
+Methods: Gibbs unstructured, kernel, filter (chromatic) at p = 0.9 with β ramping; L0 gates per
+weight in budget mode (0.9); the adaptive loss at a 0.9 budget. Goal (issue #21): every method
+≤ 1.15× the dense step at batch 128 on TensorFlow and JAX.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tf_gibbs  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "examples"))
+sys.path.insert(0, HERE)
+from models import resnet  # noqa: E402  pylint: disable=g-import-not-at-top
+from overhead import SKIP  # noqa: E402  pylint: disable=g-import-not-at-top
+from overhead import measure  # noqa: E402  pylint: disable=g-import-not-at-top
+
+STEPS = 10000
+
+
+def make_models(depth):
+  dense = lambda: resnet(depth, keras=keras)
+  gibbs = lambda hamiltonian, **kw: tf_gibbs.prune_gibbs(
+      dense(), tf_gibbs.GibbsSchedule.reference(hamiltonian, 0, STEPS), hamiltonian=hamiltonian,
+      skip=list(SKIP), seed=0, **kw)
+  return {
+      "dense": dense(),
+      "gibbs_unstructured": gibbs("unstructured"),
+      "gibbs_kernel": gibbs("kernel"),
+      "gibbs_filter_chromatic": gibbs("filter"),
+      "l0": tf_gibbs.prune_l0(dense(), schedule=tf_gibbs.L0Schedule(
+          1.0, target_sparsity=0.9, end_step=STEPS), skip=list(SKIP), seed=0),
+      "adaptive": tf_gibbs.prune_adaptive(dense(), 0.9, end_step=STEPS, skip=list(SKIP)),
+  }
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch_sizes", default="128,16")
+  parser.add_argument("--steps", type=int, default=0,
+                      help="timed steps per model (default: 60 at batch < 64, else 20)")
+  parser.add_argument("--depth", type=int, default=20)
+  parser.add_argument("--modes", default="",
+                      help="comma-separated subset of the methods (default: all)")
+  args = parser.parse_args(argv)
+  keras.utils.set_random_seed(0)
+  models = make_models(args.depth)
+  if args.modes:
+    models = {n: m for n, m in models.items() if n == "dense" or n in args.modes.split(",")}
+  for model in models.values():
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  backend = keras.backend.backend()
+  print(f"\nKeras {keras.__version__}, backend {backend}: ResNet-{args.depth}, "
+        f"jit_compile='auto'; step time / the dense Keras 3 model's")
+  print(f"{'method':<24} {'batch':>5} {'p20 ms':>8} {'p20 ratio':>10} {'median ms':>10} "
+        f"{'median ratio':>13}")
+  rows = {}
+  for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+    steps = args.steps or (60 if batch_size < 64 else 20)
+    run = measure(models, batch_size, steps, baseline="dense")
+    for name, (low, low_ratio, mid, mid_ratio) in run.items():
+      rows[(backend, name, batch_size)] = low_ratio
+      print(f"{name:<24} {batch_size:>5} {1e3 * low:>8.1f} {low_ratio:>10.3f} "
+            f"{1e3 * mid:>10.1f} {mid_ratio:>13.3f}", flush=True)
+  return rows
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,19 @@
+"""The Keras 3 rows of the overhead benchmark run on the current backend (tiny settings; the
+figures are not asserted)."""
+
+import os
+import sys
+
+import keras
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+import keras3_overhead  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def test_keras3_overhead_rows_run():
+  rows = keras3_overhead.main(["--batch_sizes", "4", "--steps", "2", "--depth", "8",
+                               "--modes", "gibbs_unstructured,l0,adaptive"])
+  backend = keras.backend.backend()
+  assert rows[(backend, "dense", 4)] == 1.0
+  for name in ("gibbs_unstructured", "l0", "adaptive"):
+    assert rows[(backend, name, 4)] > 0
