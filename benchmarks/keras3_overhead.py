@@ -35,20 +35,27 @@ from overhead import measure  # noqa: E402  pylint: disable=g-import-not-at-top
 STEPS = 10000
 
 
-def make_models(depth):
+def make_models(depth, modes=None):
+  """The dense model and the pruned ones named in ``modes`` (default: all)."""
   dense = lambda: resnet(depth, keras=keras)
   gibbs = lambda hamiltonian, **kw: tf_gibbs.prune_gibbs(
       dense(), tf_gibbs.GibbsSchedule.reference(hamiltonian, 0, STEPS), hamiltonian=hamiltonian,
       skip=list(SKIP), seed=0, **kw)
-  return {
-      "dense": dense(),
-      "gibbs_unstructured": gibbs("unstructured"),
-      "gibbs_kernel": gibbs("kernel"),
-      "gibbs_filter_chromatic": gibbs("filter"),
-      "l0": tf_gibbs.prune_l0(dense(), schedule=tf_gibbs.L0Schedule(
+  makers = {
+      "dense": dense,
+      "gibbs_unstructured": lambda: gibbs("unstructured"),
+      "gibbs_kernel": lambda: gibbs("kernel"),
+      "gibbs_filter_chromatic": lambda: gibbs("filter"),
+      "l0": lambda: tf_gibbs.prune_l0(dense(), schedule=tf_gibbs.L0Schedule(
           1.0, target_sparsity=0.9, end_step=STEPS), skip=list(SKIP), seed=0),
-      "adaptive": tf_gibbs.prune_adaptive(dense(), 0.9, end_step=STEPS, skip=list(SKIP)),
+      "adaptive": lambda: tf_gibbs.prune_adaptive(dense(), 0.9, end_step=STEPS,
+                                                  skip=list(SKIP)),
   }
+  unknown = sorted(set(modes or ()) - set(makers))
+  if unknown:
+    raise ValueError(f"Unknown modes {unknown}; accepted values: {sorted(makers)}.")
+  return {name: make() for name, make in makers.items()
+          if not modes or name == "dense" or name in modes}
 
 
 def main(argv=None):
@@ -61,9 +68,7 @@ def main(argv=None):
                       help="comma-separated subset of the methods (default: all)")
   args = parser.parse_args(argv)
   keras.utils.set_random_seed(0)
-  models = make_models(args.depth)
-  if args.modes:
-    models = {n: m for n, m in models.items() if n == "dense" or n in args.modes.split(",")}
+  models = make_models(args.depth, [m for m in args.modes.split(",") if m])
   for model in models.values():
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -20,3 +20,11 @@ def _seed_everything():
   keras.utils.set_random_seed(1234)
   yield
   keras.backend.clear_session()
+
+
+def pytest_collection_finish(session):
+  """Starts the JAX and PyTorch runs of tests/keras3 in the background when their test is
+  selected (tests/test_keras3_backends.py waits for them)."""
+  if any(item.nodeid.split("::")[0].endswith("test_keras3_backends.py") for item in session.items):
+    import keras3_runner  # pylint: disable=g-import-not-at-top
+    keras3_runner.start()

@@ -91,9 +91,7 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
           "budget='params'.")
     flops = None if None in spatial else params * math.prod(int(d) for d in spatial)
     self.cost = {"params": params, "flops": flops}
-    self.kept_fraction = self.add_weight(
-        name="kept_fraction", shape=(), dtype="float32", initializer="ones", trainable=False,
-        autocast=False)
+    self.kept_fraction = self.add_state("kept_fraction", (), initializer="ones")
 
   @property
   def r(self):

@@ -89,13 +89,9 @@ class L0Gates(wrapper_lib.PruningWrapper):
         name="gate_parameter", shape=shape, dtype="float32", trainable=True, autocast=False,
         initializer=keras.initializers.Constant(self.initial_log_alpha / self.gate_lr_multiplier),
         constraint=constraint)
-    self.log_penalty_factor = self.add_weight(
-        name="log_penalty_factor", shape=(), dtype="float32", initializer="zeros",
-        trainable=False, autocast=False)
+    self.log_penalty_factor = self.add_state("log_penalty_factor", ())
     if self.pruning_schedule.has_budget:
-      self.budget_targets = self.add_weight(
-          name="budget_targets", shape=shape, dtype="float32", initializer="zeros",
-          trainable=False, autocast=False)
+      self.budget_targets = self.add_state("budget_targets", shape)
 
   def target_groups(self):
     if not self.pruning_schedule.has_budget:

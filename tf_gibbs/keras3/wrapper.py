@@ -167,17 +167,21 @@ class PruningWrapper(keras.layers.Wrapper):
           "variables only. Build the model in float32; for half precision use a mixed "
           "precision policy (keras.mixed_precision.set_dtype_policy('mixed_float16')), whose "
           "variables stay float32.")
-    self.mask = self.add_weight(name="mask", shape=weight.shape, initializer="ones",
-                                dtype="float32", trainable=False, autocast=False)
-    self.threshold = self.add_weight(name="threshold", shape=(), initializer="zeros",
-                                     dtype="float32", trainable=False, autocast=False)
-    self.pruning_step = self.add_weight(name="pruning_step", shape=(), initializer="zeros",
-                                        dtype="int32", trainable=False, autocast=False)
+    self.mask = self.add_state("mask", weight.shape, initializer="ones")
+    self.threshold = self.add_state("threshold", ())
+    self.pruning_step = self.add_state("pruning_step", (), dtype="int32")
     self.build_method_variables(weight)
     self.built = True
     capped = self.capped_target()
     if capped is not None:
       warnings.warn(f"tf_gibbs: {capped}.", UserWarning, stacklevel=2)
+
+  def add_state(self, name, shape, dtype="float32", initializer="zeros"):
+    """A non-trainable variable of the method's state (mask, step, controller, ...): never
+    autocast, and taken from the first replica, never averaged (every replica computes the same
+    value from the same (seed, step))."""
+    return self.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer,
+                           trainable=False, autocast=False, aggregation="only_first_replica")
 
   def read_weight(self):
     """The kernel's value in float32 (never the autocast copy)."""
