@@ -40,6 +40,16 @@ def make_hamiltonian(hamiltonian, c=None, sampler=None, mcmc_steps=None):
   return gibbs_lib.get_hamiltonian(hamiltonian, **given)
 
 
+def target_groups(view, layout, hamiltonian, schedule):
+  """(groups the per-layer target counts, their name, the largest target of ``schedule``) for
+  a kernel of canonical ``view`` (n, C, F): both fronts' Gibbs wrappers."""
+  n, channels, filters = view
+  what = "units" if layout == "dense" else "filters"
+  groups = {"unstructured": (n * channels * filters, "weights"),
+            "kernel": (channels * filters, "kernels"), "filter": (filters, what)}
+  return groups[hamiltonian] + (max(schedule.target_sparsity, schedule.initial_sparsity),)
+
+
 def check_gibbs_schedule(schedule, argument="schedule"):
   if not isinstance(schedule, GibbsSchedule):
     raise TypeError(f"`{argument}` of Gibbs pruning must be a tf_gibbs.GibbsSchedule (it also "
@@ -102,13 +112,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     self._view = gibbs_lib.canonical_shape(weight.shape, self.layout)
 
   def target_groups(self):
-    n, channels, filters = self._view
-    what = "units" if self.layout == "dense" else "filters"
-    groups = {"unstructured": (n * channels * filters, "weights"),
-              "kernel": (channels * filters, "kernels"), "filter": (filters, what)}
-    schedule = self.pruning_schedule
-    return groups[self.hamiltonian] + (max(schedule.target_sparsity,
-                                           schedule.initial_sparsity),)
+    return target_groups(self._view, self.layout, self.hamiltonian, self.pruning_schedule)
 
   def beta(self, step=None):
     """Inverse temperature at ``step`` (default: the layer's current step)."""

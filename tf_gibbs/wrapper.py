@@ -124,6 +124,21 @@ def exclude_from_weight_decay(optimizer, variables):
 _STEP_TENSORS = weakref.WeakKeyDictionary()
 
 
+def cap_note(layer_name, groups):
+  """None, or the note for a layer whose target (``groups`` = (n, what, p), from a wrapper's
+  ``target_groups``) asks for all n groups: both fronts' wrappers say it in these words."""
+  from tf_gibbs.core import ranking  # pylint: disable=g-import-not-at-top
+  if groups is None:
+    return None
+  n, what, target = groups
+  count, capped = ranking.python_pruned_count(n, target)
+  if not capped:
+    return None
+  return (f"layer {layer_name!r}: target_sparsity {target:g} would prune all {n} "
+          f"{what}; capped at {count} of {n} (sparsity {count / n:.4f}) so that the layer "
+          "keeps one and is not pruned away")
+
+
 class _FinalWeightWriter:
   """Stands in for tfmot's ``pruning_obj``: ``UpdatePruningStep`` calls ``weight_mask_op()``
   at every epoch end. We use that moment to write the deployable weight into the variable once
@@ -198,17 +213,7 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     """None, or why this layer prunes fewer groups than its target asks: a per-layer target
     prunes min(round(p·n), n − 1) of its n groups (:func:`tf_gibbs.core.ranking.pruned_count`),
     so a layer always keeps at least one weight, kernel, filter or unit."""
-    from tf_gibbs.core import ranking  # pylint: disable=g-import-not-at-top
-    groups = self.target_groups() if self.built else None
-    if groups is None:
-      return None
-    n, what, target = groups
-    count, capped = ranking.python_pruned_count(n, target)
-    if not capped:
-      return None
-    return (f"layer {self.layer.name!r}: target_sparsity {target:g} would prune all {n} "
-            f"{what}; capped at {count} of {n} (sparsity {count / n:.4f}) so that the layer "
-            "keeps one and is not pruned away")
+    return cap_note(self.layer.name, self.target_groups() if self.built else None)
 
   # --- Keras ------------------------------------------------------------------------------------
 

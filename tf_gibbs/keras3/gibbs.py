@@ -52,13 +52,8 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     self._view = gibbs_core.canonical_shape(weight.shape, self.layout)
 
   def target_groups(self):
-    n, channels, filters = self._view
-    what = "units" if self.layout == "dense" else "filters"
-    groups = {"unstructured": (n * channels * filters, "weights"),
-              "kernel": (channels * filters, "kernels"), "filter": (filters, what)}
-    schedule = self.pruning_schedule
-    return groups[self.hamiltonian] + (max(schedule.target_sparsity,
-                                           schedule.initial_sparsity),)
+    return gibbs_front.target_groups(self._view, self.layout, self.hamiltonian,
+                                     self.pruning_schedule)
 
   def beta(self, step=None):
     step = self.pruning_step.value if step is None else step

@@ -13,7 +13,7 @@ import warnings
 import keras
 from keras import ops
 
-from tf_gibbs.core import ranking
+from tf_gibbs import wrapper as wrapper_front
 from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import GibbsSchedule
 from tf_gibbs.schedule import L0Schedule
@@ -141,16 +141,8 @@ class PruningWrapper(keras.layers.Wrapper):
 
   def capped_target(self):
     """None, or why this layer prunes fewer groups than its target (min(round(p·n), n − 1))."""
-    groups = self.target_groups() if self.built else None
-    if groups is None:
-      return None
-    n, what, target = groups
-    count, capped = ranking.python_pruned_count(n, target)
-    if not capped:
-      return None
-    return (f"layer {self.layer.name!r}: target_sparsity {target:g} would prune all {n} "
-            f"{what}; capped at {count} of {n} (sparsity {count / n:.4f}) so that the layer "
-            "keeps one and is not pruned away")
+    return wrapper_front.cap_note(self.layer.name,
+                                  self.target_groups() if self.built else None)
 
   # --- Keras ------------------------------------------------------------------------------------
 
