@@ -6,7 +6,8 @@ same unpruned Keras 3 model's, on one backend (one process per backend).
 
 Every model is the same ResNet-20 (CIFAR-shaped random data) built with Keras 3, the pruned ones
 wrapping every conv and projection except the stem (not the classifier), compiled the way Keras
-compiles by default (``jit_compile="auto"``: XLA on TensorFlow and JAX, eager on PyTorch), and
+compiles by default (``jit_compile="auto"``: XLA on JAX; on TensorFlow XLA only with a GPU,
+so a graph without XLA on these CPU machines; eager on PyTorch), and
 trained with ``train_on_batch``, single steps interleaved (``overhead.measure``); the figure is
 the ratio of the 20th percentiles of the step times to the dense model's (medians too).
 Methods: Gibbs unstructured, kernel, filter (chromatic) at p = 0.9 with β ramping; L0 gates per

@@ -26,4 +26,5 @@ def nested_xla(fn):
   def run(*args):
     return compiled(*args) if nested_xla_allowed() else fn(*args)
 
+  run.xla_cluster = compiled
   return run

@@ -4,6 +4,8 @@ The maths is :mod:`tf_gibbs.core.neutral` (backend-neutral); the Hamiltonians' a
 checks are the tf_keras front's (:mod:`tf_gibbs.gibbs`), so both take the same arguments.
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -13,6 +15,42 @@ from tf_gibbs.core import neutral
 from tf_gibbs.keras3 import wrapper as wrapper_lib
 from tf_gibbs.schedule import GibbsSchedule
 from tf_gibbs.schedule import KERAS_MATH
+
+
+def _sample_view(view, sparsity, beta, seed, step, *, hamiltonian, c, sampler, sweeps):
+  """(mask, Q_p) of one Gibbs sample on the [n, C, F] view (:mod:`tf_gibbs.core.neutral`)."""
+  if hamiltonian == "unstructured":
+    return neutral.unstructured_sample(view, sparsity, beta,
+                                       neutral.hash_uniform(seed, step, 0, view.shape))
+  if hamiltonian == "kernel":
+    return neutral.kernel_sample(view, sparsity, beta, c, seed, step)
+  return neutral.filter_sample(view, sparsity, beta, c, seed, step, sampler, sweeps)
+
+
+@functools.lru_cache(maxsize=None)
+def _sampler(backend, hamiltonian, c, sampler, sweeps):
+  """:func:`_sample_view` for one energy; on TensorFlow the kernel and filter samplers run as one
+  XLA cluster.
+
+  Keras compiles a TensorFlow model without XLA on a machine without GPU (``jit_compile="auto"``),
+  and there the structured samplers' dozens of small ops per layer, run one by one, cost 1.2x
+  (kernel) and 1.5x (chromatic filter) the dense step of ResNet-20 (benchmarks/keras3_overhead.py);
+  fused, 1.13x. The same neutral code runs in the cluster (no second implementation); its hash
+  uniforms are integer arithmetic, equal inside and outside XLA. The unstructured sampler is not
+  fused: its quantile sorts every weight, and XLA's CPU sort took twice TensorFlow's (10 against
+  5 ms on a 3x3x64x64 kernel). Inside an outer ``jit_compile=True`` step, and under a
+  multi-replica strategy, the cluster is called inline (:func:`tf_gibbs.core.xla.nested_xla`).
+  Cached: all layers share one function, traced once per weight shape.
+  """
+
+  def sample(view, sparsity, beta, seed, step):
+    return _sample_view(view, sparsity, beta, seed, step, hamiltonian=hamiltonian, c=c,
+                        sampler=sampler, sweeps=sweeps)
+
+  if backend != "tensorflow" or hamiltonian == "unstructured":
+    return sample
+  from tf_gibbs.core import xla  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  return xla.nested_xla(sample)
 
 
 @keras.saving.register_keras_serializable(package="tf_gibbs")
@@ -61,17 +99,15 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   def _sample(self, weight, step, seed):
     should_prune, sparsity = self.pruning_schedule(step, KERAS_MATH)
-    beta = self.beta(step)
-    view = ops.reshape(weight, self._view)
     energy = self._energy
-    if self.hamiltonian == "unstructured":
-      mask, threshold = neutral.unstructured_sample(
-          view, sparsity, beta, neutral.hash_uniform(seed, step, 0, self._view))
-    elif self.hamiltonian == "kernel":
-      mask, threshold = neutral.kernel_sample(view, sparsity, beta, energy.c, seed, step)
-    else:
-      mask, threshold = neutral.filter_sample(view, sparsity, beta, energy.c, seed, step,
-                                              energy.sampler, energy.mcmc_steps)
+    sample = _sampler(keras.backend.backend(), self.hamiltonian, getattr(energy, "c", None),
+                      getattr(energy, "sampler", None), getattr(energy, "mcmc_steps", None))
+    # Tensors only (a Python number would retrace the fused sampler per value).
+    mask, threshold = sample(ops.reshape(weight, self._view),
+                             ops.convert_to_tensor(sparsity),
+                             ops.convert_to_tensor(self.beta(step), "float32"),
+                             ops.convert_to_tensor(seed, "int32"),
+                             ops.convert_to_tensor(step, "int32"))
     return self._layer_mask(mask, weight, should_prune), threshold
 
   @staticmethod
