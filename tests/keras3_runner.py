@@ -22,7 +22,8 @@ def _run_all():
     extra = [a for a in os.environ.get("TF_GIBBS_KERAS3_PYTEST_ARGS", "").split() if a]
     try:
       _results[backend] = subprocess.run(
-          [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", KERAS3_TESTS] + extra,
+          [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", KERAS3_TESTS]
+          + extra,
           env=env, capture_output=True, text=True, timeout=1500, check=False)
     except subprocess.TimeoutExpired as error:
       _results[backend] = error

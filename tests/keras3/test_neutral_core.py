@@ -238,6 +238,6 @@ def test_samplers_under_jit():
     import jax  # pylint: disable=g-import-not-at-top
     compiled = jax.jit(sample)
   else:
-    pytest.skip("torch: Keras' jit_compile=True means torch.compile, not used by default")
+    pytest.skip("backend-specific: torch: Keras' jit_compile=True means torch.compile, not used by default")
   for a, b in zip(eager, [to_numpy(m) for m in compiled(weights)]):
     assert np.mean(a == b) > 0.99
