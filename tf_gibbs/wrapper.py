@@ -139,6 +139,20 @@ def cap_note(layer_name, groups):
           "keeps one and is not pruned away")
 
 
+def nan_message(layer_name, variable):
+  """The training-time NaN/Inf error of both fronts, naming the layer and the variable."""
+  return (f"tf_gibbs: layer {layer_name!r} has a NaN or Inf weight in variable {variable!r}; "
+          "pruning cannot use it (check the learning rate, the loss, or the loaded weights)")
+
+
+def nonfinite_error(layer_name, variable, what):
+  """The ValueError of both fronts when stripping, reporting or writing meets NaN/Inf."""
+  return ValueError(
+      f"Layer {layer_name!r} has NaN or Inf weights in variable {variable!r}: {what} would "
+      "produce NaN kernels. Fix or reload the weights (check the learning rate and the data of "
+      "the last steps).")
+
+
 class _FinalWeightWriter:
   """Stands in for tfmot's ``pruning_obj``: ``UpdatePruningStep`` calls ``weight_mask_op()``
   at every epoch end. We use that moment to write the deployable weight into the variable once
@@ -311,9 +325,7 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     return self.call_layer_with(inputs, effective)
 
   def _nan_message(self, variable):
-    return (f"tf_gibbs: layer {self.layer.name!r} has a NaN or Inf weight in variable "
-            f"{variable!r}; pruning cannot use it (check the learning rate, the loss, or the "
-            "loaded weights)")
+    return nan_message(self.layer.name, variable)
 
   def guarded_state(self):
     """(short name, variable) of every float variable besides the pruned weight whose NaN or
@@ -333,10 +345,7 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     """Raises ValueError naming the layer and variable if the weight or state holds NaN/Inf."""
     for name, variable in [(self.weight_name, self.prunable_weights[0])] + self.guarded_state():
       if not bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(variable)))):
-        raise ValueError(
-            f"Layer {self.layer.name!r} has NaN or Inf weights in variable {name!r}: {what} "
-            "would produce NaN kernels. Fix or reload the weights (check the learning rate "
-            "and the data of the last steps).")
+        raise nonfinite_error(self.layer.name, name, what)
 
   def _step_key(self):
     """(graph, (wrapper, replica)) of the traced step being built; None when eager."""

@@ -198,7 +198,7 @@ def test_fused_tensorflow_sampler_draws_the_neutral_codes_masks(hamiltonian, c, 
   """On TensorFlow the wrappers run the neutral structured samplers as one XLA cluster: same
   masks as the neutral code run op by op."""
   if keras.backend.backend() != "tensorflow":
-    pytest.skip("the sampler is fused only on the TensorFlow backend")
+    pytest.skip("backend-specific: the sampler is fused only on the TensorFlow backend")
   from tf_gibbs.keras3 import gibbs as gibbs3  # pylint: disable=g-import-not-at-top
   fused = gibbs3._sampler("tensorflow", hamiltonian, c, sampler, sweeps)
   assert hasattr(fused, "xla_cluster")
@@ -281,6 +281,29 @@ def test_bad_input_is_refused_with_clear_errors(monkeypatch):
   monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
   with pytest.raises(ValueError, match="KERAS_BACKEND"):
     tf_gibbs.prune_gibbs(keras.layers.Dense(2))
+
+
+@pytest.mark.parametrize("method,variable", [
+    ("gibbs-unstructured", "kernel"), ("gibbs-filter-chromatic", "bias"),
+    ("l0-weight-budget", "gate_parameter"), ("l0-weight-budget", "log_penalty_factor"),
+    ("adaptive", "r")])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_inf_in_weights_or_state_stops_fit_and_strip_naming_layer_and_variable(
+    method, variable, value):
+  model = METHODS[method](small_model())
+  model.build((None, 6, 6, 2))
+  wrapper = _wrappers(model)[0]
+  state = wrapper.kernel_variable if variable == "kernel" else dict(
+      (v.name, v) for v in wrapper.weights)[variable]
+  poisoned = np.array(to_numpy(state.value))
+  poisoned.flat[0] = value
+  state.assign(poisoned)
+  pattern = f"layer '{wrapper.layer.name}' has a NaN or Inf weight in variable '{variable}'"
+  with pytest.raises(ValueError, match=f"'{wrapper.layer.name}'.*NaN or Inf.*'{variable}'"):
+    tf_gibbs.strip_pruning(model)
+  # After an error in its first step, Keras' JAX fit leaves the variables unset: fit last.
+  with pytest.raises(Exception, match=pattern):  # the backend's runtime error carries it
+    _fit(model, epochs=1)
 
 
 def test_cap_warning_names_the_layer():

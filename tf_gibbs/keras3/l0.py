@@ -93,6 +93,9 @@ class L0Gates(wrapper_lib.PruningWrapper):
     if self.pruning_schedule.has_budget:
       self.budget_targets = self.add_state("budget_targets", shape)
 
+  def method_state(self):
+    return [self.log_penalty_factor]
+
   def target_groups(self):
     if not self.pruning_schedule.has_budget:
       return None

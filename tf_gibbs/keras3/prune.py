@@ -129,6 +129,7 @@ def apply_wrappers(to_prune, make_wrapper, skip_predicate, api_name, fits=None):
 def _stripped_layer(wrapper):
   """A fresh, built copy of the wrapper's inner layer holding the deployable weights."""
   inner = wrapper.layer
+  wrapper.check_finite("stripping")
   copy = type(inner).from_config(inner.get_config())
   final = keras.ops.convert_to_numpy(wrapper.final_weight())
   values = [final if v is wrapper.kernel_variable else keras.ops.convert_to_numpy(v.value)

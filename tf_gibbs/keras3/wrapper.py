@@ -12,6 +12,7 @@ import warnings
 
 import keras
 from keras import ops
+import numpy as np
 
 from tf_gibbs import wrapper as wrapper_front
 from tf_gibbs.schedule import AdaptiveSchedule
@@ -95,6 +96,39 @@ def exclude_from_weight_decay(optimizer, model):
   optimizer._exclude_from_weight_decay_cache = {}  # pylint: disable=protected-access
 
 
+def run_if_finite(named, layer_name, fn):
+  """``fn()``, after a check that stops training when any of ``named`` [(variable name, tensor)]
+  holds NaN or Inf, with :func:`tf_gibbs.wrapper.nan_message` naming the layer and variable.
+
+  Keras has no in-graph assertion, so each backend raises its own way: TensorFlow with
+  ``CheckNumerics`` ops that every op of ``fn`` waits for (InvalidArgumentError, also in a
+  compiled step, before any state is written); JAX with a host callback that runs only when a
+  value is not finite (under ``jit`` the runtime's error carries the message, and the step's
+  new state is never returned); PyTorch with a Python check (eager, as Keras trains it).
+  """
+  backend = keras.backend.backend()
+  if backend == "tensorflow":
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    checks = [tf.debugging.check_numerics(tf.stop_gradient(t), wrapper_front.nan_message(
+        layer_name, name)) for name, t in named]
+    with tf.control_dependencies(checks):
+      return fn()
+  finite = ops.stack([ops.all(ops.isfinite(ops.stop_gradient(t))) for _, t in named])
+  names = [name for name, _ in named]
+
+  def report(flags):
+    bad = [name for name, ok in zip(names, flags) if not ok]
+    raise FloatingPointError(wrapper_front.nan_message(layer_name, bad[0]))
+
+  if backend == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.lax.cond(ops.all(finite), lambda flags: None,
+                 lambda flags: jax.debug.callback(report, flags), finite)
+  elif not bool(ops.convert_to_numpy(ops.all(finite))):
+    report(ops.convert_to_numpy(finite))
+  return fn()
+
+
 class PruningWrapper(keras.layers.Wrapper):
   """Base of the Keras 3 wrappers (:class:`GibbsPruning`, :class:`L0Gates`,
   :class:`AdaptiveThreshold` in :mod:`tf_gibbs.keras3`).
@@ -138,6 +172,26 @@ class PruningWrapper(keras.layers.Wrapper):
 
   def target_groups(self):
     return None
+
+  def method_state(self):
+    """Non-trainable float state of the method that the NaN guard checks (e.g. controllers)."""
+    return []
+
+  def guarded_state(self):
+    """(name, variable) of every float variable besides the kernel whose NaN or Inf would
+    corrupt training or stripping: the inner layer's others (bias), the method's trainable
+    variables (r, gate parameters) and its controller state; not the masks (recomputed)."""
+    kernel = self.kernel_variable
+    found = [v for v in self.layer.weights if v is not kernel and "float" in v.dtype]
+    found += list(self._trainable_variables) + list(self.method_state())
+    return [(v.name, v) for v in found]
+
+  def check_finite(self, what):
+    """Raises ValueError naming the layer and variable if the kernel or state holds NaN/Inf."""
+    kernel = self.kernel_variable
+    for name, variable in [(kernel.name, kernel)] + self.guarded_state():
+      if not np.all(np.isfinite(ops.convert_to_numpy(variable.value))):
+        raise wrapper_front.nonfinite_error(self.layer.name, name, what)
 
   def capped_target(self):
     """None, or why this layer prunes fewer groups than its target (min(round(p·n), n − 1))."""
@@ -184,7 +238,10 @@ class PruningWrapper(keras.layers.Wrapper):
     if training:
       step = ops.convert_to_tensor(self.pruning_step.value) + 1
       self.pruning_step.assign(step)
-      effective = self.training_weight(weight, step)
+      named = [(self.kernel_variable.name, weight)] + [
+          (name, ops.convert_to_tensor(v.value)) for name, v in self.guarded_state()]
+      effective = run_if_finite(named, self.layer.name,
+                                lambda: self.training_weight(weight, step))
     else:
       effective = self.inference_weight(weight, ops.convert_to_tensor(self.pruning_step.value))
     return self.call_layer_with(inputs, effective)
