@@ -152,8 +152,8 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
       freeze_mask = ops.cast(neutral.threshold_ratio(weight, live_b) > scale, "float32")
     else:
       freeze_b, freeze_mask = live_b, live_mask
-    frozen_b = ops.convert_to_tensor(self.threshold.value)
-    frozen_mask = ops.convert_to_tensor(self.mask.value)
+    frozen_b = self.read_state(self.threshold)
+    frozen_mask = self.read_state(self.mask)
     b = ops.where(finished, ops.where(freeze, freeze_b, frozen_b), sg_(live_b))
     mask = ops.where(finished, ops.where(freeze, freeze_mask, frozen_mask),
                      ops.where(should_prune, live_mask, ops.ones_like(weight)))
@@ -162,7 +162,7 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     self.mask.assign(mask)
     self.kept_fraction.assign(kept)
     if members[0] is self:
-      fractions = [kept if m is self else ops.convert_to_tensor(m.kept_fraction.value)
+      fractions = [kept if m is self else self.read_state(m.kept_fraction)
                    for m in members]
       self.add_loss(self._budget_loss(step, members, fractions))
     return neutral.masked_straight_through(

@@ -120,9 +120,9 @@ class L0Gates(wrapper_lib.PruningWrapper):
                                     self.gate_lr_multiplier)
 
   def _targets_and_factor(self):
-    targets = (ops.convert_to_tensor(self.budget_targets.value)
+    targets = (self.read_state(self.budget_targets)
                if self.pruning_schedule.has_budget else ops.zeros(()))
-    return targets, ops.convert_to_tensor(self.log_penalty_factor.value)
+    return targets, self.read_state(self.log_penalty_factor)
 
   def training_weight(self, weight, step):
     targets, log_factor = self._targets_and_factor()
@@ -131,7 +131,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
     if self.mode != "deterministic":
       noise = neutral.gate_noise(self.gate_parameter.shape, self.seed, step)
     gated, mask, targets, log_factor = neutral.l0_training_step(
-        weight, ops.convert_to_tensor(self.mask.value), parameter, targets, log_factor, step,
+        weight, self.read_state(self.mask), parameter, targets, log_factor, step,
         noise, schedule=self.pruning_schedule, view=self._view, scale=self.gate_lr_multiplier,
         temperature=self.temperature, xp=KERAS_MATH)
     self.mask.assign(mask)

@@ -229,6 +229,13 @@ class PruningWrapper(keras.layers.Wrapper):
     return self.add_weight(name=name, shape=shape, dtype=dtype, initializer=initializer,
                            trainable=False, autocast=False, aggregation="only_first_replica")
 
+  def read_state(self, variable):
+    """A state variable's current value, as a tensor that a later ``assign`` in the same step
+    leaves alone. On PyTorch ``assign`` writes in place, and torch.compile's autograd refuses a
+    backward pass through a saved tensor that was written since: there the value is copied."""
+    value = ops.convert_to_tensor(variable.value)
+    return ops.copy(value) if keras.backend.backend() == "torch" else value
+
   def read_weight(self):
     """The kernel's value in float32 (never the autocast copy)."""
     return ops.convert_to_tensor(self.kernel_variable.value)
