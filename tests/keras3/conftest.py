@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 def _seed_keras3():
   keras.utils.set_random_seed(1234)
   yield
-  keras.backend.clear_session()
+  keras.backend.clear_session(free_memory=False)  # gc.collect() costs ~1 s a test
 
 
 def to_numpy(x):
