@@ -25,6 +25,7 @@ def test_accuracy_benchmark_runs_and_reaches_the_target_sparsity():
     assert abs(measured - target) < 1e-3, (method, measured)
 
 
+@pytest.mark.slow  # ~150 s: times every mode with and without XLA
 def test_overhead_benchmark_runs():
   results = overhead.main(["--batch_sizes", "4", "--steps", "2", "--sampler_sizes", "3",
                            "--modes", "unstructured,l0,adaptive,wrapper,l0@noxla",
@@ -51,6 +52,7 @@ def test_accuracy_benchmark_structured_rows_prune_whole_groups():
     assert abs(measured - target) < 1e-3
 
 
+@pytest.mark.slow  # ~100 s; shrink and export parity are tested in test_shrink/test_export
 def test_deploy_benchmark_runs_and_shrunk_models_match():
   results = deploy.main(["--steps", "4", "--runs", "20"])
   assert results["filter"]["parity"] < 1e-4

@@ -226,8 +226,8 @@ def test_samplers_under_jit():
 
   def sample(w):
     kernel, _ = neutral.kernel_sample(w, 0.5, 10.0, 0.01, 3, 2)
-    exact_filter, _ = neutral.filter_sample(w, 0.5, 10.0, 1.0, 3, 2, "exact", 50)
-    chromatic, _ = neutral.filter_sample(w, 0.5, 10.0, 1.0, 3, 2, "chromatic", 50)
+    exact_filter, _ = neutral.filter_sample(w, 0.5, 10.0, 1.0, 3, 2, "exact", 8)
+    chromatic, _ = neutral.filter_sample(w, 0.5, 10.0, 1.0, 3, 2, "chromatic", 8)
     return kernel, exact_filter, chromatic
 
   eager = [to_numpy(m) for m in sample(weights)]
