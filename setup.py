@@ -34,7 +34,7 @@ setup(
         "litert": LITERT,
         "jax": KERAS3_JAX,
         "torch": KERAS3_TORCH,
-        "test": ["pytest>=7", "scipy>=1.10,<2"] + EXAMPLES + LITERT + TEST_BACKENDS,
+        "test": ["pytest>=7", "pytest-xdist>=3.6,<4", "scipy>=1.10,<2"] + EXAMPLES + LITERT + TEST_BACKENDS,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -22,9 +22,21 @@ def _seed_everything():
   keras.backend.clear_session()
 
 
+def _is_backend_run(item):
+  return item.nodeid.split("::")[0].endswith("test_keras3_backends.py")
+
+
+def pytest_collection_modifyitems(items):
+  """The JAX and PyTorch runs of tests/keras3 first: under xdist they are the longest tests."""
+  items.sort(key=lambda item: not _is_backend_run(item))
+
+
 def pytest_collection_finish(session):
-  """Starts the JAX and PyTorch runs of tests/keras3 in the background when their test is
-  selected (tests/test_keras3_backends.py waits for them)."""
-  if any(item.nodeid.split("::")[0].endswith("test_keras3_backends.py") for item in session.items):
+  """Without xdist, starts the JAX and PyTorch runs of tests/keras3 in the background when their
+  test is selected (tests/test_keras3_backends.py waits for them); an xdist worker runs each as
+  its own test instead (tests/keras3_runner.py)."""
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    return
+  if any(_is_backend_run(item) for item in session.items):
     import keras3_runner  # pylint: disable=g-import-not-at-top
     keras3_runner.start()

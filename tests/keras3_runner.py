@@ -1,6 +1,11 @@
-"""Runs tests/keras3 on the JAX and PyTorch backends in the background, one process at a time,
-started as soon as pytest has collected tests/test_keras3_backends.py (tests/conftest.py), so
-that those runs overlap the rest of the suite instead of adding to its wall time."""
+"""Runs tests/keras3 on the JAX and PyTorch backends, each in a pytest process of its own (Keras
+fixes its backend at the first import).
+
+Under pytest-xdist (the default: pytest.ini has ``-n 2``) each backend's run is a test that an
+xdist worker runs while the other worker runs the rest of the suite; tests/conftest.py moves
+those tests to the front. Without xdist (``-n 0``) both runs start in a background thread
+as soon as the tests are collected, so that they overlap the rest of the suite.
+"""
 
 import os
 import subprocess
@@ -12,34 +17,34 @@ KERAS3_TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keras3"
 _results = {}
 _done = {backend: threading.Event() for backend in BACKENDS}
 _started = threading.Lock()
-_thread = []
 
 
-def _run_all():
-  for backend in BACKENDS:
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TF_USE_LEGACY_KERAS", None)
-    extra = [a for a in os.environ.get("TF_GIBBS_KERAS3_PYTEST_ARGS", "").split() if a]
-    try:
-      _results[backend] = subprocess.run(
-          [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", KERAS3_TESTS]
-          + extra,
-          env=env, capture_output=True, text=True, timeout=1500, check=False)
-    except subprocess.TimeoutExpired as error:
-      _results[backend] = error
-    _done[backend].set()
+def _run(backend):
+  env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+  env.pop("TF_USE_LEGACY_KERAS", None)
+  env.pop("PYTEST_XDIST_WORKER", None)
+  extra = [a for a in os.environ.get("TF_GIBBS_KERAS3_PYTEST_ARGS", "").split() if a]
+  try:
+    _results[backend] = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0",
+         KERAS3_TESTS] + extra,
+        env=env, capture_output=True, text=True, timeout=1500, check=False)
+  except subprocess.TimeoutExpired as error:
+    _results[backend] = error
+  _done[backend].set()
 
 
 def start():
-  """Starts the background runs once per session (later calls do nothing)."""
+  """Starts the runs of every backend in a background thread (later calls do nothing)."""
   if _started.acquire(blocking=False):
-    thread = threading.Thread(target=_run_all, daemon=True)
-    thread.start()
-    _thread.append(thread)
+    threading.Thread(target=lambda: [_run(b) for b in BACKENDS], daemon=True).start()
 
 
 def result(backend):
-  """The finished run of ``backend`` (a CompletedProcess, or TimeoutExpired)."""
-  start()
+  """The finished run of ``backend`` (a CompletedProcess, or TimeoutExpired): waits for the
+  background run if one was started, else runs it now."""
+  if _started.acquire(blocking=False):  # nothing started: run this backend alone
+    _started.release()
+    _run(backend)
   _done[backend].wait()
   return _results[backend]

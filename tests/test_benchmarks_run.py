@@ -88,6 +88,7 @@ def test_compare_refuses_an_unknown_method_before_training():
     compare.main(["--methods", "tfmot,magnitude"])
 
 
+@pytest.mark.slow  # ~75 s (ResNet-20); the CIFAR-10 loader is also run by test_examples
 def test_compare_runs_on_cifar10_when_the_data_is_there(tmp_path):
   output = str(tmp_path / "results_cifar10")
   with tfds.testing.mock_data(num_examples=16):

@@ -1,7 +1,8 @@
 """Runs the Keras 3 tests (tests/keras3) on the JAX and PyTorch backends, each in a process of
-its own (Keras fixes its backend at the first import), started in the background as soon as
-this file is collected (tests/keras3_runner.py). The TensorFlow backend runs them in this
-process, collected with the rest of the suite. No backend is skipped: the test extras install
+its own (Keras fixes its backend at the first import): under xdist, one test per backend that
+a worker runs while the other runs the rest; without it (-n 0), in the background from collection
+on (tests/keras3_runner.py). The TensorFlow backend runs them in the main pytest processes,
+collected with the rest of the suite. No backend is skipped: the test extras install
 jax and torch."""
 
 import subprocess
