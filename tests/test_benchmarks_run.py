@@ -61,6 +61,7 @@ def test_deploy_benchmark_runs_and_shrunk_models_match():
   assert abs(results["unstructured"]["sparsity"] - 0.9) < 0.01
 
 
+@pytest.mark.slow  # ~60 s: trains every method
 def test_compare_writes_a_table_with_every_method_and_a_plot(tmp_path):
   output = str(tmp_path / "results")
   table = compare.main(["--epochs", "1", "--seeds", "0", "--sparsities", "0.9",

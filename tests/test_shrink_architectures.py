@@ -13,7 +13,8 @@ from helpers import random_batchnorm
 
 L = keras.layers
 APPLICATIONS = ["MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50V2",
-                "DenseNet121", "NASNetMobile"]
+                "DenseNet121",
+                pytest.param("NASNetMobile", marks=pytest.mark.slow)]  # ~36 s
 
 
 def _zero_filters(model, fraction, seed=0):
