@@ -43,8 +43,7 @@ def start():
 def result(backend):
   """The finished run of ``backend`` (a CompletedProcess, or TimeoutExpired): waits for the
   background run if one was started, else runs it now."""
-  if _started.acquire(blocking=False):  # nothing started: run this backend alone
-    _started.release()
+  if not _started.locked():  # no background run: run this backend alone
     _run(backend)
   _done[backend].wait()
   return _results[backend]
