@@ -11,10 +11,9 @@ remove whole zero filters and units (``shrink``) → export a sparse TFLite file
 gzipped file sizes. Runs offline (the digits ship with scikit-learn) in well under 3 minutes on
 2 CPU cores.
 
-``--keras 3`` runs the same training on Keras 3 (``import keras``) with the backend of
-``--backend``: no callback is needed there (the wrappers count their own steps); it trains,
-prunes to the target, strips, prints each layer's zero fraction and the accuracies. Shrinking
-and LiteRT export of Keras 3 models are not part of it yet.
+``--keras 3`` runs the same pipeline, with the same code, on Keras 3 (``import keras``) with the
+backend of ``--backend``: no callback is needed there (the wrappers count their own steps). On
+JAX and PyTorch, ``export_tflite`` converts in a TensorFlow-backend process (~15 s per file).
 """
 
 import argparse
@@ -75,7 +74,7 @@ def gzipped_size(path):
     return len(gzip.compress(f.read(), compresslevel=9))
 
 
-def save_keras_and_tflite(model, out_dir, name):
+def save_keras_and_tflite(model, out_dir, name, keras=keras):  # pylint: disable=redefined-outer-name
   keras_path = os.path.join(out_dir, f"{name}.keras")
   shipped = keras.models.clone_model(model)  # uncompiled: what ships has no optimizer slots
   shipped.set_weights(model.get_weights())
@@ -100,18 +99,28 @@ def main(argv=None):
   args = parser.parse_args(argv)
   os.makedirs(args.out_dir, exist_ok=True)
   if args.keras == "3":
-    return keras3_main(args)
+    import keras as keras3  # pylint: disable=g-import-not-at-top
+    backend = keras3.backend.backend()
+    if args.backend is not None and backend != args.backend:
+      raise SystemExit(f"Keras 3 already runs on {backend!r}; start a new process with "
+                       f"--backend {args.backend} (or KERAS_BACKEND={args.backend}).")
+    # No callback on Keras 3: each wrapper counts its own training steps.
+    return run(args, keras3, [], f"Keras {keras3.__version__} on {backend}", backend)
   if args.backend is not None:
     parser.error("--backend selects a Keras 3 backend: use it with --keras 3")
-  start = time.time()
+  return run(args, keras, [tf_gibbs.UpdatePruningStep()], "tf_keras + tfmot", "tf_keras")
 
+
+def run(args, keras, callbacks, label, backend):  # pylint: disable=redefined-outer-name
+  """The main job with ``keras`` (tf_keras or Keras 3): the same code for both."""
+  start = time.time()
   x_train, x_test, y_train, y_test = load_digits(args.seed)
   steps_per_epoch = int(np.ceil(len(x_train) / args.batch_size))
   total_steps = steps_per_epoch * args.epochs
 
-  print(f"== Dense baseline ({args.epochs} epochs)")
+  print(f"== {label}: dense baseline ({args.epochs} epochs)")
   keras.utils.set_random_seed(args.seed)
-  dense = compile_model(digits_cnn())
+  dense = compile_model(digits_cnn(keras=keras), keras=keras)
   dense.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
             verbose=args.verbose)
   dense_acc = accuracy(dense, x_test, y_test)
@@ -123,18 +132,21 @@ def main(argv=None):
   schedule = tf_gibbs.GibbsSchedule(target_sparsity=args.sparsity, beta_begin=1.0,
                                     beta_end=1e4, begin_step=0,
                                     end_step=max(1, (2 * total_steps) // 3))
-  pruned = compile_model(tf_gibbs.prune_gibbs(digits_cnn(), schedule, seed=args.seed))
+  pruned = compile_model(tf_gibbs.prune_gibbs(digits_cnn(keras=keras), schedule,
+                                              seed=args.seed), keras=keras)
   pruned.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-             verbose=args.verbose, callbacks=[tf_gibbs.UpdatePruningStep()])
+             verbose=args.verbose, callbacks=callbacks)
   wrapped_acc = accuracy(pruned, x_test, y_test)
 
-  stripped = tf_gibbs.strip_pruning(pruned)      # plain tf_keras layers, exact zeros
+  print("== Strip, shrink, export to LiteRT, check LiteRT against Keras")
+  stripped = tf_gibbs.strip_pruning(pruned)      # plain layers, exact zeros
   shrunk, shrink_report = tf_gibbs.shrink(stripped)   # whole zero filters/units removed
   pruned_acc = accuracy(shrunk, x_test, y_test)
 
-  _, dense_keras_gz, dense_tflite_gz = save_keras_and_tflite(dense, args.out_dir, "dense")
+  _, dense_keras_gz, dense_tflite_gz = save_keras_and_tflite(dense, args.out_dir, "dense",
+                                                             keras=keras)
   pruned_tflite, pruned_keras_gz, pruned_tflite_gz = save_keras_and_tflite(
-      shrunk, args.out_dir, "pruned")
+      shrunk, args.out_dir, "pruned", keras=keras)
   keras_out = stripped.predict(x_test, verbose=0)
   shrunk_diff = float(np.max(np.abs(shrunk.predict(x_test, verbose=0) - keras_out)))
   litert_out = tf_gibbs.run_tflite(pruned_tflite, x_test)
@@ -143,7 +155,7 @@ def main(argv=None):
   if not np.allclose(litert_out, keras_out, rtol=1e-4, atol=1e-4):
     raise SystemExit(f"LiteRT predictions differ from Keras (max |diff| = {max_diff:.2e})")
 
-  print("\n== Results (test set: %d digits)" % len(y_test))
+  print(f"\n== Results (test set: {len(y_test)} digits, {label})")
   print(f"dense accuracy            {dense_acc:.4f}")
   print(f"pruned accuracy (Keras)   {pruned_acc:.4f}   (wrapped model: {wrapped_acc:.4f})")
   print(f"pruned accuracy (LiteRT)  {litert_acc:.4f}   max |Keras - LiteRT| = {max_diff:.2e}, "
@@ -160,64 +172,12 @@ def main(argv=None):
         f"{pruned_tflite_gz / dense_tflite_gz:.3f}")
   print(f"\nfiles in {args.out_dir}/ ; total time {time.time() - start:.0f} s")
   return {
-      "dense_accuracy": dense_acc, "pruned_accuracy": pruned_acc, "litert_accuracy": litert_acc,
-      "wrapped_accuracy": wrapped_acc, "sparsity": report["total"]["sparsity"],
-      "max_litert_diff": max_diff, "max_shrink_diff": shrunk_diff,
-      "gzip_keras": (dense_keras_gz, pruned_keras_gz),
+      "backend": backend, "dense_accuracy": dense_acc, "pruned_accuracy": pruned_acc,
+      "litert_accuracy": litert_acc, "wrapped_accuracy": wrapped_acc,
+      "sparsity": report["total"]["sparsity"], "max_litert_diff": max_diff,
+      "max_shrink_diff": shrunk_diff, "gzip_keras": (dense_keras_gz, pruned_keras_gz),
       "gzip_tflite": (dense_tflite_gz, pruned_tflite_gz),
   }
-
-
-def keras3_main(args):
-  """The same training on Keras 3 with its configured backend (see the module docstring)."""
-  import keras as keras3  # pylint: disable=g-import-not-at-top
-  backend = keras3.backend.backend()
-  if args.backend is not None and backend != args.backend:
-    raise SystemExit(f"Keras 3 already runs on {backend!r}; start a new process with "
-                     f"--backend {args.backend} (or KERAS_BACKEND={args.backend}).")
-  start = time.time()
-  x_train, x_test, y_train, y_test = load_digits(args.seed)
-  total_steps = int(np.ceil(len(x_train) / args.batch_size)) * args.epochs
-  to_numpy = keras3.ops.convert_to_numpy
-
-  def acc(model):
-    return float(np.mean(np.argmax(to_numpy(model.predict(x_test, verbose=0)), -1) == y_test))
-
-  print(f"== Keras {keras3.__version__} on {backend}: dense baseline ({args.epochs} epochs)")
-  keras3.utils.set_random_seed(args.seed)
-  dense = compile_model(digits_cnn(keras=keras3), keras=keras3)
-  dense.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-            verbose=args.verbose)
-  dense_acc = acc(dense)
-
-  print(f"== Gibbs pruning to {args.sparsity:.0%} ({args.epochs} epochs, trained from scratch)")
-  keras3.utils.set_random_seed(args.seed)
-  schedule = tf_gibbs.GibbsSchedule(target_sparsity=args.sparsity, beta_begin=1.0,
-                                    beta_end=1e4, begin_step=0,
-                                    end_step=max(1, (2 * total_steps) // 3))
-  pruned = compile_model(tf_gibbs.prune_gibbs(digits_cnn(keras=keras3), schedule,
-                                              seed=args.seed), keras=keras3)
-  pruned.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-             verbose=args.verbose)  # no callback on Keras 3
-  wrapped_acc = acc(pruned)
-  stripped = tf_gibbs.strip_pruning(pruned)   # plain Keras 3 layers, exact zeros
-  pruned_acc = acc(stripped)
-
-  print(f"\n== Results (test set: {len(y_test)} digits, Keras 3 / {backend})")
-  print(f"dense accuracy            {dense_acc:.4f}")
-  print(f"pruned accuracy           {pruned_acc:.4f}   (wrapped model: {wrapped_acc:.4f})")
-  print("\nlayer        weights    zero fraction")
-  zeros = total = 0
-  for layer in stripped.layers:
-    if layer.weights:
-      kernel = to_numpy(layer.weights[0].value)
-      zeros += int((kernel == 0).sum())
-      total += kernel.size
-      print(f"{layer.name:<10} {kernel.size:>9}    {np.mean(kernel == 0):.4f}")
-  print(f"{'total':<10} {total:>9}    {zeros / total:.4f}")
-  print(f"\ntotal time {time.time() - start:.0f} s")
-  return {"backend": backend, "dense_accuracy": dense_acc, "pruned_accuracy": pruned_acc,
-          "wrapped_accuracy": wrapped_acc, "sparsity": zeros / total}
 
 
 if __name__ == "__main__":

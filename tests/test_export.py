@@ -110,7 +110,7 @@ def test_shrunk_export_matches_and_multi_input_models_run_by_name():
      "non-empty"),
     ({"sparse": "yes"}, TypeError, "`sparse`"),
     ({"path": 5}, TypeError, "`path`"),
-    ({"model": keras.layers.Dense(3)}, TypeError, "tf_keras model"),
+    ({"model": keras.layers.Dense(3)}, TypeError, r"a Keras model \(tf_keras or Keras 3\)"),
 ])
 def test_export_bad_input(kwargs, error, pattern):
   kwargs.setdefault("model", small_cnn())

@@ -98,7 +98,7 @@ def test_report_of_a_subclassed_model_has_no_shrink_columns():
 
 
 @pytest.mark.parametrize("kwargs,error,pattern", [
-    ({"model": keras.layers.Dense(2)}, TypeError, "tf_keras model"),
+    ({"model": keras.layers.Dense(2)}, TypeError, r"a Keras model \(tf_keras or Keras 3\)"),
     ({"print_fn": "stdout"}, TypeError, "print_fn"),
     ({"plot": 3}, TypeError, "plot"),
     ({"model": keras.Sequential([keras.Input((2,)), L.ReLU()])}, ValueError, "no Conv1D"),

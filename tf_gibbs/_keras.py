@@ -14,8 +14,8 @@ _KERAS3_HELP = (
     "This function and the wrapper classes at the top of tf_gibbs work with Keras 2 (the "
     "`tf_keras` package, what tensorflow-model-optimization uses). For Keras 3 models use "
     "tf_gibbs.prune_gibbs / prune_l0 / prune_adaptive / strip_pruning, which dispatch on the "
-    "object's Keras, or the wrappers in tf_gibbs.keras3; shrink, export_tflite and "
-    "sparsity_report support tf_keras models only for now.")
+    "object's Keras, or the wrappers in tf_gibbs.keras3 (shrink, pack_narrow_convs, "
+    "export_tflite and sparsity_report take both Kerases).")
 
 
 def is_keras3_object(obj):

@@ -2,13 +2,16 @@
 
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import warnings
 
 import numpy as np
 import tensorflow as tf
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from tf_gibbs._keras import check_not_keras3
+from tf_gibbs._keras import is_keras3_object
 from tf_gibbs._keras import keras
 from tf_gibbs._keras import wrapped_layer_names
 
@@ -17,6 +20,13 @@ QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 
 def is_wrapped(model):
   """True if ``model`` (or a model nested in it) still holds tf_gibbs or tfmot wrappers."""
+  if is_keras3_object(model):
+    from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
+    from tf_gibbs.keras3 import wrapper as wrapper3  # pylint: disable=g-import-not-at-top
+    if isinstance(model, wrapper3.PruningWrapper):
+      return True
+    return isinstance(model, prune3.keras.Model) and any(
+        isinstance(layer, wrapper3.PruningWrapper) for layer in prune3.walk_layers(model))
   if isinstance(model, pruning_wrapper.PruneLowMagnitude):
     return True
   return bool(wrapped_layer_names(model))
@@ -46,13 +56,23 @@ def _representative_dataset(data, argument="representative_data"):
 
 
 def export_tflite(model, path=None, sparse=True, quantize=None, representative_data=None):
-  """Converts a pruned tf_keras model to a TFLite flatbuffer (and writes it to ``path``).
+  """Converts a pruned model to a TFLite (LiteRT) flatbuffer (and writes it to ``path``).
 
   Wrapped models are stripped first (``tf_gibbs.strip_pruning``, which also unwraps tfmot's
   wrappers); call :func:`tf_gibbs.shrink` before exporting to remove pruned filters physically.
 
+  Keras 3 models: on the TensorFlow backend the model is traced to a ``tf.function`` and
+  converted in this process. On JAX and PyTorch the TFLite converter cannot read the model's
+  computation (Keras' own LiteRT export refuses JAX; its SavedModel export of a JAX model holds
+  jax2tf ``XlaCallModule`` ops, which TFLite has no kernels for; its PyTorch route needs the
+  separate ``litert-torch`` package and fixed input shapes), so the model is saved as a
+  ``.keras`` file (backend-neutral) and converted, with the same options, by a Python process
+  on the TensorFlow backend: the same layers and weights, converted the same way, at the cost
+  of starting that process (~10–30 s).
+
   Args:
-    model: a Sequential or functional tf_keras model, pruned, stripped or shrunk.
+    model: a Sequential or functional model (tf_keras, or Keras 3 on the TensorFlow, JAX or
+      PyTorch backend), pruned, stripped or shrunk.
     path: optional file to write the flatbuffer to (folders are created).
     sparse: add ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``: the converter stores sparse
       weight tensors in a compressed (block-sparse) format where that is smaller. With
@@ -67,9 +87,12 @@ def export_tflite(model, path=None, sparse=True, quantize=None, representative_d
   Returns:
     The flatbuffer as bytes.
   """
-  check_not_keras3(model, "model")
-  if not isinstance(model, keras.Model):
-    raise TypeError(f"`model` must be a tf_keras model, got {type(model).__name__}.")
+  keras3 = is_keras3_object(model)
+  if keras3:
+    import keras as keras3_module  # pylint: disable=g-import-not-at-top
+  if not isinstance(model, keras3_module.Model if keras3 else keras.Model):
+    raise TypeError(f"`model` must be a Keras model (tf_keras or Keras 3), got "
+                    f"{type(model).__name__}.")
   if quantize not in QUANTIZE_MODES:
     raise ValueError(f"`quantize` must be one of {QUANTIZE_MODES}, got {quantize!r}.")
   if not isinstance(sparse, bool):
@@ -88,7 +111,90 @@ def export_tflite(model, path=None, sparse=True, quantize=None, representative_d
   if is_wrapped(model):
     from tf_gibbs.prune import strip_pruning  # pylint: disable=g-import-not-at-top
     model = strip_pruning(model)
-  converter = tf.lite.TFLiteConverter.from_keras_model(model)
+  representative = (None if representative_data is None
+                    else _representative_dataset(representative_data))
+  if not keras3:
+    flatbuffer = _convert(tf.lite.TFLiteConverter.from_keras_model(model), sparse, quantize,
+                          representative)
+  elif keras3_module.backend.backend() == "tensorflow":
+    flatbuffer = _convert_keras3(model, sparse, quantize, representative)
+  else:
+    flatbuffer = _convert_keras3_in_tensorflow_process(model, sparse, quantize, representative)
+  if path is not None:
+    folder = os.path.dirname(os.fspath(path))
+    if folder:
+      os.makedirs(folder, exist_ok=True)
+    with open(path, "wb") as f:
+      f.write(flatbuffer)
+  return flatbuffer
+
+
+def _keras3_input_signature(model):
+  if not model.inputs:
+    raise ValueError("`model` is not built: give it an Input before exporting.")
+  return [tf.TensorSpec(tuple(t.shape), t.dtype, name=t.name.split(":")[0])
+          for t in model.inputs]
+
+
+def _convert_keras3(model, sparse, quantize, representative):
+  """A Keras 3 model on the TensorFlow backend: its inference call written as a SavedModel by
+  Keras' ExportArchive (the path Keras' own LiteRT export takes), then converted."""
+  import keras as keras3_module  # pylint: disable=g-import-not-at-top
+  signature = _keras3_input_signature(model)
+
+  def serve(*inputs):
+    return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+
+  with tempfile.TemporaryDirectory() as folder:
+    archive = keras3_module.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=signature)
+    archive.write_out(folder, verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+    return _convert(converter, sparse, quantize, representative)
+
+
+def _convert_keras3_in_tensorflow_process(model, sparse, quantize, representative):
+  """A Keras 3 model on JAX or PyTorch: saved as .keras, converted by a TensorFlow-backend
+  process (see :func:`export_tflite`)."""
+  with tempfile.TemporaryDirectory() as folder:
+    model_path = os.path.join(folder, "model.keras")
+    model.save(model_path)
+    command = [sys.executable, "-m", "tf_gibbs.export", model_path,
+               os.path.join(folder, "model.tflite"), str(sparse), str(quantize)]
+    if representative is not None:
+      examples = list(representative())
+      arrays = [np.concatenate([np.asarray(example[i]) for example in examples])
+                for i in range(len(examples[0]))]
+      np.savez(os.path.join(folder, "representative.npz"), *arrays)
+      command.append(os.path.join(folder, "representative.npz"))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+      raise RuntimeError("export_tflite: converting the Keras 3 model in a TensorFlow-backend "
+                         f"process failed:\n{done.stderr[-4000:]}")
+    with open(command[4], "rb") as f:
+      return f.read()
+
+
+def _convert_saved_keras3_file(model_path, tflite_path, sparse, quantize, representative_path):
+  """The TensorFlow-backend side of :func:`_convert_keras3_in_tensorflow_process`."""
+  import keras as keras3_module  # pylint: disable=g-import-not-at-top
+  import tf_gibbs  # pylint: disable=g-import-not-at-top,unused-import  (registers the layers)
+  model = keras3_module.models.load_model(model_path, compile=False)
+  representative = None
+  if representative_path:
+    with np.load(representative_path) as data:
+      arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
+    representative = _representative_dataset(arrays if len(arrays) > 1 else arrays[0])
+  flatbuffer = _convert_keras3(model, sparse == "True", None if quantize == "None" else quantize,
+                               representative)
+  with open(tflite_path, "wb") as f:
+    f.write(flatbuffer)
+
+
+def _convert(converter, sparse, quantize, representative):
+  """Sets the converter's options (see :func:`export_tflite`) and converts."""
   optimizations = []
   if sparse:
     optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
@@ -98,16 +204,9 @@ def export_tflite(model, path=None, sparse=True, quantize=None, representative_d
   if quantize == "float16":
     converter.target_spec.supported_types = [tf.float16]
   elif quantize == "int8":
-    converter.representative_dataset = _representative_dataset(representative_data)
+    converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-  flatbuffer = converter.convert()
-  if path is not None:
-    folder = os.path.dirname(os.fspath(path))
-    if folder:
-      os.makedirs(folder, exist_ok=True)
-    with open(path, "wb") as f:
-      f.write(flatbuffer)
-  return flatbuffer
+  return converter.convert()
 
 
 def run_tflite(model, inputs, num_threads=None):
@@ -186,3 +285,7 @@ def _run(interpreter, inputs):
   feed = {k: np.asarray(v, details[k]["dtype"]) for k, v in feed.items()}
   outputs = runner(**feed)
   return next(iter(outputs.values())) if len(outputs) == 1 else dict(outputs)
+
+
+if __name__ == "__main__":  # the TensorFlow-backend converter process of export_tflite
+  _convert_saved_keras3_file(*sys.argv[1:5], sys.argv[5] if len(sys.argv) > 5 else None)

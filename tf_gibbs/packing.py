@@ -23,26 +23,22 @@ for F = 8: the tile is an argument, not a guess.
 """
 
 import numpy as np
-import tensorflow as tf
 
 from tf_gibbs import shrinking
-from tf_gibbs._keras import keras
-
-L = keras.layers
 _FOLDABLE_ACTIVATIONS = ("relu", "relu6", "elu", "selu", "tanh", "sigmoid", "swish", "gelu",
                          "linear")
 
 
-def _packing_factor(layer, node_count, tile):
+def _packing_factor(layer, node_count, tile, front, input_shape):
   """s = the most columns (≤ tile // filters) that divide the width, if ``layer`` is an unshared
   channels-last, ungrouped, stride-1, undilated 'same' Conv2D of static width; else 0."""
-  if type(layer) is not L.Conv2D or node_count != 1:
+  if type(layer) is not front.layers.Conv2D or node_count != 1:
     return 0
   if layer.data_format != "channels_last" or layer.groups != 1 or layer.padding != "same":
     return 0
   if tuple(layer.strides) != (1, 1) or tuple(layer.dilation_rate) != (1, 1):
     return 0
-  width = layer.input_shape[2]
+  width = input_shape[2]
   if width is None or 2 * layer.filters > tile:
     return 0
   factor = tile // layer.filters
@@ -51,8 +47,9 @@ def _packing_factor(layer, node_count, tile):
   return factor
 
 
-def _activation_name(layer):
+def _activation_name(layer, front):
   """The activation a layer applies element-wise, if it is one we fold (else None)."""
+  L = front.layers  # pylint: disable=invalid-name
   if type(layer) is L.ReLU:
     cfg = layer.get_config()
     if cfg.get("negative_slope", 0) == 0 and cfg.get("threshold", 0) == 0:
@@ -62,7 +59,7 @@ def _activation_name(layer):
         return "relu6"
     return None
   if type(layer) is L.Activation:
-    name = keras.activations.serialize(layer.activation)
+    name = front.keras.activations.serialize(layer.activation)
     name = name if isinstance(name, str) else None
     return name if name in _FOLDABLE_ACTIVATIONS else None
   return None
@@ -73,8 +70,8 @@ def pack_narrow_convs(model, tile=16):
   ``tile``-wide output-channel tiles (see the module docstring for the equations).
 
   Args:
-    model: a Sequential or functional tf_keras model without pruning wrappers, typically the
-      output of :func:`tf_gibbs.shrink`.
+    model: a Sequential or functional model without pruning wrappers (tf_keras, or Keras 3 on
+      any backend), typically the output of :func:`tf_gibbs.shrink`.
     tile: the inference CPU's output-channel tile: 16 for XNNPACK on AVX-512, 8 on AVX2 and
       ARM NEON (where only convolutions with at most 4 filters gain).
 
@@ -85,7 +82,7 @@ def pack_narrow_convs(model, tile=16):
     and ``{"packed": {conv name: {"factor": s, "folded": [layer names]}}}``.
 
   Raises:
-    TypeError: ``model`` is not a tf_keras model, or ``tile`` is not an int.
+    TypeError: ``model`` is not a Keras model, or ``tile`` is not an int.
     ValueError: ``tile`` < 2, or ``model`` is subclassed, not built or still wrapped.
   """
   if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)):
@@ -93,6 +90,8 @@ def pack_narrow_convs(model, tile=16):
   if tile < 2:
     raise ValueError(f"`tile` must be >= 2, got {tile}.")
   graph = shrinking.graph_of(model, "pack_narrow_convs")
+  front = graph.front
+  L = front.layers  # pylint: disable=invalid-name
   by_input = {}
   for node in graph.nodes:
     for key in node[3]:
@@ -105,19 +104,20 @@ def pack_narrow_convs(model, tile=16):
     return users[0]
 
   plans, folded_away = {}, set()
-  for c, layer, _, _, _ in graph.nodes:
-    factor = _packing_factor(layer, graph.node_counts[c["name"]], tile)
+  for c, layer, _, inputs, _ in graph.nodes:
+    factor = 0 if not inputs else _packing_factor(
+        layer, graph.node_counts[c["name"]], tile, front, graph.shapes[inputs[0]])
     if factor < 2:
       continue
     chain, key = [], (c["name"], 0, 0)
     activation = layer.get_config()["activation"]
     nxt = sole_consumer(key)
     if (nxt is not None and type(nxt[1]) is L.BatchNormalization and activation == "linear"
-        and list(nxt[1].axis) == [3]):
+        and _channel_axis(nxt[1].axis)):
       chain.append(nxt)
       key = (nxt[0]["name"], 0, 0)
       nxt = sole_consumer(key)
-    follower_activation = _activation_name(nxt[1]) if nxt is not None else None
+    follower_activation = _activation_name(nxt[1], front) if nxt is not None else None
     if activation == "linear" and follower_activation:
       chain.append(nxt)
       activation = follower_activation
@@ -137,7 +137,7 @@ def pack_narrow_convs(model, tile=16):
     args = [tensors[k] for k in inputs]
     if name in plans:
       factor, chain, activation, last_key = plans[name]
-      kernel, bias = _folded(layer, [link[1] for link in chain])
+      kernel, bias = _folded(layer, [link[1] for link in chain], L)
       kh, kw, c_in, filters = kernel.shape
       packed_kernel = np.zeros((kh, kw + factor - 1, c_in, factor * filters), np.float32)
       for t in range(factor):
@@ -147,7 +147,7 @@ def pack_narrow_convs(model, tile=16):
                   "strides": (1, factor), "activation": activation, "use_bias": True})
       conv = L.Conv2D.from_config(cfg)
       weights_to_set.append((conv, [packed_kernel, np.tile(bias, factor).astype(np.float32)]))
-      height, width = layer.output_shape[1:3]
+      height, width = graph.shapes[(name, 0, 0)][1:3]
       out = L.Reshape((height, width, filters), name=f"{name}_unpack")(conv(args[0]))
       tensors[last_key] = out
       report["packed"][name] = {"factor": factor, "folded": [link[0]["name"] for link in chain]}
@@ -158,16 +158,23 @@ def pack_narrow_convs(model, tile=16):
       new = new_layers[name] = type(layer).from_config(layer.get_config())
       if layer.weights:
         weights_to_set.append((new, [w.numpy() for w in layer.weights]))
-    for t, out in enumerate(tf.nest.flatten(spec(new, args))):
+    for t, out in enumerate(front.flatten(spec(new, args))):
       tensors[(name, i, t)] = out
-  packed = keras.Model([tensors[k] for k in graph.inputs], [tensors[k] for k in graph.outputs],
-                       name=graph.model.name)
+  packed = front.keras.Model([tensors[k] for k in graph.inputs],
+                             [tensors[k] for k in graph.outputs], name=graph.model.name)
   for new, values in weights_to_set:
     new.set_weights(values)
   return packed, report
 
 
-def _folded(conv, followers):
+def _channel_axis(axis):
+  """True if a BatchNormalization ``axis`` (tf_keras: a list; Keras 3: an int) is the channel
+  axis of a 4-D tensor."""
+  axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+  return [a % 4 for a in axes] == [3]
+
+
+def _folded(conv, followers, L):  # pylint: disable=invalid-name
   """Kernel and bias of ``conv`` with a following BatchNormalization (inference) folded in."""
   kernel = conv.kernel.numpy().astype(np.float64)
   bias = conv.bias.numpy().astype(np.float64) if conv.use_bias else np.zeros(kernel.shape[-1])

@@ -4,15 +4,52 @@ import os
 
 import numpy as np
 
+from tf_gibbs import _keras
 from tf_gibbs import export as export_lib
 from tf_gibbs import shrinking as shrink_lib
-from tf_gibbs._keras import check_not_keras3
-from tf_gibbs._keras import is_graph_model
-from tf_gibbs._keras import keras
-from tf_gibbs._keras import walk_layers
 
-L = keras.layers
-REPORTED = (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv2D, L.Dense)
+_REPORTED_NAMES = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "Dense")
+
+
+def _reported(front):
+  return tuple(getattr(front.layers, name) for name in _REPORTED_NAMES)
+
+
+def _is_depthwise(layer):
+  return type(layer).__name__ == "DepthwiseConv2D" or hasattr(layer, "depthwise_kernel")
+
+
+def _is_dense(layer):
+  return type(layer).__name__ == "Dense"
+
+
+class _Keras3Front:
+  """The report's view of Keras 3: its wrappers, layer walk and graph-model test."""
+
+  @staticmethod
+  def walk_layers(model):
+    from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
+    return prune3.walk_layers(model)
+
+  @staticmethod
+  def is_graph_model(model):
+    from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
+    return prune3.is_graph_model(model)
+
+  @staticmethod
+  def wrapper_class():
+    from tf_gibbs.keras3 import wrapper as wrapper3  # pylint: disable=g-import-not-at-top
+    return wrapper3.PruningWrapper
+
+
+class _TfKerasFront:
+  walk_layers = staticmethod(_keras.walk_layers)
+  is_graph_model = staticmethod(_keras.is_graph_model)
+
+  @staticmethod
+  def wrapper_class():
+    from tf_gibbs.wrapper import PruningWrapper  # pylint: disable=g-import-not-at-top
+    return PruningWrapper
 
 
 def layer_macs(layer, output_shape):
@@ -29,7 +66,7 @@ def layer_macs(layer, output_shape):
 
 
 def _kernel(layer):
-  return (layer.depthwise_kernel if isinstance(layer, L.DepthwiseConv2D) else layer.kernel).numpy()
+  return np.asarray((layer.depthwise_kernel if _is_depthwise(layer) else layer.kernel).numpy())
 
 
 def layer_stats(layer):
@@ -38,14 +75,14 @@ def layer_stats(layer):
   zero = kernel == 0
   stats = {"name": layer.name, "type": type(layer).__name__, "weights": int(kernel.size),
            "zeros": int(zero.sum()), "sparsity": float(zero.mean()) if kernel.size else 0.0}
-  if isinstance(layer, L.Dense):
+  if _is_dense(layer):
     stats.update(kernels=None, zero_kernels=None)
     per_output = zero.reshape(-1, kernel.shape[-1])
   else:
     per_kernel = zero.reshape(-1, kernel.shape[-2] * kernel.shape[-1])
     stats.update(kernels=int(per_kernel.shape[1]), zero_kernels=int(per_kernel.all(axis=0).sum()))
     # A depthwise kernel's output channels are its kernels; a convolution's are its filters.
-    per_output = per_kernel if isinstance(layer, L.DepthwiseConv2D) else zero.reshape(
+    per_output = per_kernel if _is_depthwise(layer) else zero.reshape(
         -1, kernel.shape[-1])
   stats.update(filters=int(per_output.shape[1]), zero_filters=int(per_output.all(axis=0).sum()))
   return stats
@@ -60,7 +97,8 @@ def sparsity_report(model, plot=None, print_fn=print):
   totals (sparsity over all reported kernels; parameters of the whole model).
 
   Args:
-    model: a tf_keras model; a wrapped model is stripped first (``tf_gibbs.strip_pruning``).
+    model: a tf_keras or Keras 3 model (any backend); a wrapped model is stripped first
+      (``tf_gibbs.strip_pruning``).
       The "after shrinking" columns need a Sequential or functional model (None otherwise).
     plot: optional path of a PNG with per-layer sparsity and zero-filter fraction (matplotlib).
     print_fn: prints the table line by line (None: print nothing).
@@ -73,31 +111,34 @@ def sparsity_report(model, plot=None, print_fn=print):
     its target (a per-layer target never prunes a layer's last weight, kernel, filter or unit);
     the printed table lists the notes under it.
   """
-  check_not_keras3(model, "model")
-  if not isinstance(model, keras.Model):
-    raise TypeError(f"`model` must be a tf_keras model, got {type(model).__name__}.")
+  front = shrink_lib.front_of(model)
+  if not isinstance(model, front.keras.Model):
+    raise TypeError(f"`model` must be a Keras model (tf_keras or Keras 3), got "
+                    f"{type(model).__name__}.")
+  view = _Keras3Front if front.keras3 else _TfKerasFront
   if print_fn is not None and not callable(print_fn):
     raise TypeError(f"`print_fn` must be callable or None, got {print_fn!r}.")
   if plot is not None and not isinstance(plot, (str, os.PathLike)):
     raise TypeError(f"`plot` must be a file path or None, got {type(plot).__name__}.")
   notes = {}
   left_dense = dict(getattr(model, "_tf_gibbs_left_dense", None) or {})
+  wrapper_class = view.wrapper_class()
   if export_lib.is_wrapped(model):
     from tf_gibbs.prune import strip_pruning  # pylint: disable=g-import-not-at-top
-    from tf_gibbs.wrapper import PruningWrapper  # pylint: disable=g-import-not-at-top
-    for layer in walk_layers(model):
-      note = layer.capped_target() if isinstance(layer, PruningWrapper) else None
+    for layer in view.walk_layers(model):
+      note = layer.capped_target() if isinstance(layer, wrapper_class) else None
       if note is not None:
         notes[layer.layer.name] = note
     model = strip_pruning(model)
-  layers = [layer for layer in walk_layers(model) if type(layer) in REPORTED]
+  reported = _reported(front)
+  layers = [layer for layer in view.walk_layers(model) if type(layer) in reported]
   if not layers:
     raise ValueError(f"`model` ({model.name}) has no Conv1D/Conv2D/Conv3D/DepthwiseConv2D/"
                      "Dense layer to report on.")
   shrunk, shrink_report = None, None
-  if is_graph_model(model):
+  if view.is_graph_model(model):
     shrunk, shrink_report = shrink_lib.shrink(model)
-  shrunk_layers = {} if shrunk is None else {l.name: l for l in walk_layers(shrunk)}
+  shrunk_layers = {} if shrunk is None else {l.name: l for l in view.walk_layers(shrunk)}
   rows = []
   for layer in layers:
     row = layer_stats(layer)
@@ -125,8 +166,9 @@ def sparsity_report(model, plot=None, print_fn=print):
 
 def _macs(layer):
   try:
-    shape = layer.output_shape
-  except AttributeError:  # a layer without a single output shape (called more than once)
+    shape = (tuple(layer.output.shape) if _keras.is_keras3_object(layer)
+             else layer.output_shape)
+  except (AttributeError, ValueError):  # a layer without a single output (called twice)
     return None
   return layer_macs(layer, shape)
 

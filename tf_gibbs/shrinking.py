@@ -41,30 +41,30 @@ Layers tf_gibbs does not know (and shared layers) keep all channels of their inp
 the report returned with the model says which, and why.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
-from tf_gibbs._keras import check_not_keras3
-from tf_gibbs._keras import is_graph_model
+from tf_gibbs import _keras
 from tf_gibbs._keras import keras
-from tf_gibbs._keras import wrapped_layer_names
 
-L = keras.layers
+L = keras.layers  # tf_keras; code that serves both Kerases takes its layers from `front.layers`
 
 # Layers whose output channel i is a function of input channel i alone (channels last).
-_CHANNELWISE = (
-    L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU, L.PReLU,
-    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
-    L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-    L.Cropping1D, L.Cropping2D, L.Cropping3D, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
-    L.BatchNormalization)
-_MERGES = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
-_PRODUCERS = (L.Conv1D, L.Conv2D, L.Conv3D, L.Dense)
+_CHANNELWISE_NAMES = (
+    "Activation", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "PReLU",
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+    "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    "BatchNormalization")
+_MERGE_NAMES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+_PRODUCER_NAMES = ("Conv1D", "Conv2D", "Conv3D", "Dense")
 # Activations known to act on each element alone, so channel i of act(z) depends on z_i only.
 # Matched by identity (a user function that happens to be called "relu" is not trusted);
 # anything else (softmax, tf.nn.softmax = softmax_v2, l2-normalize, a lambda) mixes or may mix
@@ -75,26 +75,56 @@ _ELEMENTWISE_ACTIVATION_NAMES = (
     "leaky_relu", "mish", "log_sigmoid", "exp", "abs", "square", "negative")
 
 
-def _elementwise_activations():
-  found = set()
-  for module in (keras.activations, tf.nn, tf.math):
-    for name in _ELEMENTWISE_ACTIVATION_NAMES:
-      function = getattr(module, name, None)
-      if callable(function):
-        found.add(function)
-  return found
+class Front:
+  """What the deployment code needs of one Keras (tf_keras, or Keras 3 on any backend): its
+  layer classes, how to flatten outputs and read values, and the layers shrink adds. Every
+  equation and every graph rule of shrink, pack_narrow_convs and the report is written once,
+  against this; a Keras 3 model and a tf_keras model go through the same code."""
+
+  def __init__(self, module, keras3):
+    self.keras = module
+    self.layers = module.layers
+    self.keras3 = keras3
+    names = lambda ns: tuple(getattr(module.layers, n) for n in ns if hasattr(module.layers, n))
+    self.channelwise = names(_CHANNELWISE_NAMES)
+    self.merges = names(_MERGE_NAMES)
+    self.producers = names(_PRODUCER_NAMES)
+    modules = [module.activations, tf.nn, tf.math] + ([module.ops] if keras3 else [])
+    self.elementwise = {getattr(m, n) for m in modules for n in _ELEMENTWISE_ACTIVATION_NAMES
+                        if callable(getattr(m, n, None))}
+
+  def flatten(self, structure):
+    return (self.keras.tree.flatten if self.keras3 else tf.nest.flatten)(structure)
+
+  def numpy(self, value):
+    return np.asarray(self.keras.ops.convert_to_numpy(value) if self.keras3 else value)
+
+  def spatial_bias(self, *args, **kwargs):
+    if self.keras3:
+      from tf_gibbs.keras3.layers import SpatialBias as SpatialBias3  # pylint: disable=g-import-not-at-top
+      return SpatialBias3(*args, **kwargs)
+    return SpatialBias(*args, **kwargs)
+
+  def mixes_channels(self, activation):
+    """True unless ``activation`` is one of the known element-wise activations."""
+    return activation is not None and activation not in self.elementwise
 
 
-_ELEMENTWISE_ACTIVATIONS = _elementwise_activations()
+@functools.lru_cache(maxsize=None)
+def _front(keras3):
+  if keras3:
+    import keras as keras3_module  # pylint: disable=g-import-not-at-top
+    return Front(keras3_module, True)
+  return Front(keras, False)
+
+
+def front_of(model):
+  """The :class:`Front` of ``model``'s Keras."""
+  return _front(_keras.is_keras3_object(model))
 
 
 def _activation_name(activation):
   return getattr(activation, "__name__", None) or type(activation).__name__
-
-
-def _mixes_channels(activation):
-  """True unless ``activation`` is one of the known element-wise activations."""
-  return activation is not None and activation not in _ELEMENTWISE_ACTIVATIONS
 
 
 def _mixing_reason(activation):
@@ -138,8 +168,9 @@ def _uniform(values):
   return spread <= 1e-6 * scale, flat[0]
 
 
-def _kind(layer, node_count):
+def _kind(layer, node_count, front, in_shapes, out_shapes):
   """How shrink treats ``layer``: (kind, reason it is left as it is or None)."""
+  L = front.layers  # pylint: disable=invalid-name
   if node_count > 1:
     return "fixed", "shared layer (called more than once)"
   t = type(layer)
@@ -147,27 +178,31 @@ def _kind(layer, node_count):
     return "input", None
   if getattr(layer, "data_format", "channels_last") != "channels_last":
     return "fixed", "channels_first data format"
-  if t in _PRODUCERS:
+  if t in front.producers:
     if getattr(layer, "groups", 1) != 1:
       return "fixed", "grouped convolution"
     return "producer", None
   if t is L.DepthwiseConv2D:
     return "depthwise", None
-  if t in _CHANNELWISE:
-    if t is L.BatchNormalization and list(layer.axis) != [len(layer.input_shape) - 1]:
-      return "fixed", f"BatchNormalization over axis {layer.axis}, not the channel axis"
-    if t is L.Activation and _mixes_channels(layer.activation):
+  if t in front.channelwise:
+    if t is L.BatchNormalization:
+      rank = len(in_shapes[0])
+      axes = [a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple))
+                                 else [layer.axis])]
+      if axes != [rank - 1]:
+        return "fixed", f"BatchNormalization over axis {layer.axis}, not the channel axis"
+    if t is L.Activation and front.mixes_channels(layer.activation):
       return "fixed", _mixing_reason(layer.activation)
     return "channelwise", None
-  if t in _MERGES:
+  if t in front.merges:
     return "channelwise", None
   if t is L.Concatenate:
-    rank = len(layer.output_shape)
+    rank = len(out_shapes[0])
     return ("concat", None) if layer.axis in (-1, rank - 1) else ("channelwise", None)
   if t is L.Flatten:
     return "flatten", None
   if t is L.Reshape:
-    in_shape, target = layer.input_shape[1:], tuple(layer.target_shape)
+    in_shape, target = tuple(in_shapes[0][1:]), tuple(layer.target_shape)
     if None not in in_shape and target and target[-1] == in_shape[-1]:
       return "channelwise", None
     if None not in in_shape and len(target) == 1:
@@ -181,12 +216,20 @@ class _CallSpec:
   tensors replaced by given values (nested tensors in kwargs, e.g. MultiHeadAttention's
   ``value``, and constant arguments, e.g. of a TF-op layer, included)."""
 
-  def __init__(self, node):
+  def __init__(self, node, keras3):
     self._node = node
+    self._keras3 = keras3
 
   def __call__(self, layer, inputs, **extra):
     """Calls ``layer`` with ``inputs``, in the order of the node's Keras inputs."""
     node = self._node
+    if self._keras3:  # keras.src.ops.node.Node
+      import keras as keras3  # pylint: disable=g-import-not-at-top
+      if not isinstance(layer, keras3.layers.Layer):  # an op (keras.ops.*) takes no `training`
+        extra = {}
+      args, kwargs = node.arguments.fill_in(
+          {id(t): value for t, value in zip(node.input_tensors, inputs)})
+      return layer(*args, **{**kwargs, **extra})
     if not node._keras_inputs_ids_and_indices:  # pylint: disable=protected-access
       return layer(*node.call_args, **{**node.call_kwargs, **extra})
     values = {}
@@ -198,53 +241,91 @@ class _CallSpec:
 
 def _key(keras_tensor):
   history = keras_tensor._keras_history  # pylint: disable=protected-access
-  return (history.layer.name, history.node_index, history.tensor_index)
+  return (history[0].name, history.node_index, history.tensor_index)
+
+
+def _static_shape(keras_tensor):
+  return tuple(None if d is None else int(d) for d in tuple(keras_tensor.shape))
 
 
 class _Graph:
   """The functional graph of a model as nodes in an order where inputs come first, read from
-  Keras' own nodes (not the config), so nested tensor arguments and constants are kept.
+  Keras' own nodes (not the config), so nested tensor arguments and constants are kept; the
+  same for tf_keras and Keras 3 (``front`` says which).
 
   A node is (layer config, layer, node index, [input keys], call spec); a key is (layer name,
-  node index, output index), node indices as in ``layer._inbound_nodes``."""
+  node index, output index), node indices as in ``layer._inbound_nodes``; ``shapes`` maps every
+  key to its static shape (batch axis first)."""
 
-  def __init__(self, model):
+  def __init__(self, model, front):
     self.model = model
+    self.front = front
     self.nodes = []
     self.node_counts = {}
+    self.shapes = {}
     for depth in sorted(model._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
       for node in model._nodes_by_depth[depth]:  # pylint: disable=protected-access
-        layer = node.layer
+        layer = node.operation if front.keras3 else node.layer
         self.node_counts[layer.name] = self.node_counts.get(layer.name, 0) + 1
         index = layer._inbound_nodes.index(node)  # pylint: disable=protected-access
-        inputs = [] if node.is_input else [_key(t) for t in node.keras_inputs]
+        if front.keras3:
+          inputs = [] if node.is_input else [_key(t) for t in node.input_tensors]
+          outputs = node.outputs
+        else:
+          inputs = [] if node.is_input else [_key(t) for t in node.keras_inputs]
+          outputs = tf.nest.flatten(node.outputs)
+        for t, out in enumerate(outputs):
+          self.shapes[(layer.name, index, t)] = _static_shape(out)
         config = {"name": layer.name, "config": layer.get_config()}
-        self.nodes.append((config, layer, index, inputs, _CallSpec(node)))
+        self.nodes.append((config, layer, index, inputs, _CallSpec(node, front.keras3)))
     self.inputs = [_key(t) for t in model.inputs]
     self.outputs = [_key(t) for t in model.outputs]
 
+  def in_shapes(self, inputs):
+    return [self.shapes[k] for k in inputs]
+
+  def out_shapes(self, name, index):
+    return [shape for key, shape in sorted(self.shapes.items())
+            if key[0] == name and key[1] == index]
+
 
 def graph_of(model, caller):
-  """The :class:`_Graph` of a stripped, built Sequential or functional tf_keras ``model``;
-  TypeError or ValueError (naming ``caller``) for anything else."""
-  check_not_keras3(model, "model")
-  if not isinstance(model, keras.Model):
-    raise TypeError(f"`model` must be a tf_keras Sequential or functional model, got "
-                    f"{type(model).__name__}.")
-  if not is_graph_model(model):
+  """The :class:`_Graph` of a stripped, built Sequential or functional ``model`` (tf_keras or
+  Keras 3); TypeError or ValueError (naming ``caller``) for anything else."""
+  front = front_of(model)
+  kind = "Keras 3" if front.keras3 else "tf_keras"
+  if not isinstance(model, front.keras.Model):
+    raise TypeError(f"`model` must be a Sequential or functional model (tf_keras or Keras 3), "
+                    f"got {type(model).__name__}.")
+  if front.keras3:
+    from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
+    from tf_gibbs.keras3 import wrapper as wrapper3  # pylint: disable=g-import-not-at-top
+    graph_model = prune3.is_graph_model(model)
+    wrapped = [layer.name for layer in prune3.walk_layers(model)
+               if isinstance(layer, wrapper3.PruningWrapper)]
+  else:
+    graph_model = _keras.is_graph_model(model)
+    wrapped = _keras.wrapped_layer_names(model)
+  if not graph_model:
     raise ValueError(f"{caller} needs a Sequential or functional model; `model` is the "
-                     f"subclassed model {type(model).__name__}. Define it as a functional "
-                     "model (the layers and weights can be reused).")
+                     f"subclassed {kind} model {type(model).__name__}. Define it as a "
+                     "functional model (the layers and weights can be reused).")
   if not model.built or not model.inputs:
     raise ValueError(f"`model` is not built: give the Sequential model an Input (or call "
                      f"`model.build(input_shape)`) before calling {caller}.")
-  wrapped = wrapped_layer_names(model)
   if wrapped:
     raise ValueError(f"`model` still holds pruning wrappers {wrapped}: strip it first with "
                      "`tf_gibbs.strip_pruning(model)`.")
-  if isinstance(model, keras.Sequential):
-    model = keras.Model(model.inputs, model.outputs, name=model.name)
-  return _Graph(model)
+  if isinstance(model, front.keras.Sequential):
+    model = front.keras.Model(model.inputs, model.outputs, name=model.name)
+  return _Graph(model, front)
+
+
+def _dtype_name(dtype):
+  """A dtype's name (Keras 3 layers may hold a DTypePolicy or a backend dtype)."""
+  if dtype is None:
+    return None
+  return getattr(dtype, "name", None) if not isinstance(dtype, str) else dtype
 
 
 def _probe(shape, cmask, cval):
@@ -256,8 +337,9 @@ def shrink(model, borders="map"):
   """Builds a smaller dense model without the constant (e.g. pruned) channels of ``model``.
 
   Args:
-    model: a stripped Sequential or functional tf_keras model (no pruning wrappers), for
-      example ``tf_gibbs.strip_pruning(pruned)`` of a filter-, unit- or kernel-pruned model.
+    model: a stripped Sequential or functional model, tf_keras or Keras 3 on any backend (no
+      pruning wrappers), for example ``tf_gibbs.strip_pruning(pruned)`` of a filter-, unit- or
+      kernel-pruned model. The shrunk model is of the same Keras.
     borders: how constants removed before a 'same' convolution stay exact near the image
       borders: ``"map"`` (a :class:`SpatialBias` after the convolution; fastest) or
       ``"channel"`` (one constant channel kept; fewest parameters). See the module docstring.
@@ -273,12 +355,12 @@ def shrink(model, borders="map"):
     ``"params_before"`` / ``"params_after"`` count all weights.
 
   Raises:
-    TypeError: ``model`` is not a tf_keras model (e.g. a Keras 3 model).
+    TypeError: ``model`` is not a Keras model.
     ValueError: ``model`` is subclassed, not built, or still holds pruning wrappers.
   """
-  graph = graph_of(model, "shrink")
   if borders not in BORDERS:
     raise ValueError(f"`borders` must be one of {BORDERS}, got {borders!r}.")
+  graph = graph_of(model, "shrink")
   analysis = _analyze(graph, borders)
   return _rebuild(graph, analysis)
 
@@ -291,21 +373,23 @@ def _analyze(graph, borders):
   rng = np.random.RandomState(0)
   values = {}       # a real forward pass (batch 1), for the shapes
   forced = set()
+  front = graph.front
   for c, layer, i, inputs, spec in graph.nodes:
-    kind, reason = _kind(layer, graph.node_counts[c["name"]])
+    kind, reason = _kind(layer, graph.node_counts[c["name"]], front, graph.in_shapes(inputs),
+                         graph.out_shapes(c["name"], i))
     kinds[c["name"]] = kind
     if reason:
       left_as_is[c["name"]] = reason
     if kind == "input":
-      shape = tuple(16 if d is None else d for d in layer.output_shape[0][1:])
-      dtype = tf.as_dtype(layer.dtype or "float32")
+      shape = tuple(16 if d is None else d for d in graph.shapes[(c["name"], 0, 0)][1:])
+      dtype = tf.as_dtype(_dtype_name(layer.dtype) or "float32")
       if dtype.is_integer or dtype.is_bool:  # token ids: valid indices for any vocabulary
         values[(c["name"], 0, 0)] = rng.randint(0, 2, (1,) + shape).astype(dtype.as_numpy_dtype)
       else:
         values[(c["name"], 0, 0)] = rng.randn(1, *shape).astype(dtype.as_numpy_dtype)
       outs = [values[(c["name"], 0, 0)]]
     else:
-      outs = [np.asarray(o) for o in tf.nest.flatten(
+      outs = [front.numpy(o) for o in front.flatten(
           spec(layer, [values[k] for k in inputs], training=False))]
     out_keys = [(c["name"], i, t) for t in range(len(outs))]
     for key, out in zip(out_keys, outs):
@@ -318,7 +402,7 @@ def _analyze(graph, borders):
       continue
     out_key = out_keys[0]
     probes = [_probe(shapes[k], cmask[k], cval[k]) for k in inputs]
-    uniform, value = _uniform(np.asarray(spec(layer, probes, training=False)))
+    uniform, value = _uniform(front.numpy(spec(layer, probes, training=False)))
     if kind == "producer":
       kernel = layer.kernel.numpy()
       in_key = inputs[0]
@@ -353,7 +437,7 @@ def _analyze(graph, borders):
       value = np.tile(cval[inputs[0]], repeats)
       links.append((inputs[0], out_key, np.tile(np.arange(n), repeats),
                     np.arange(n * repeats)))
-    if kind in ("producer", "depthwise") and _mixes_channels(layer.activation):
+    if kind in ("producer", "depthwise") and front.mixes_channels(layer.activation):
       const[:] = False  # e.g. softmax(z)_j depends on every z
       left_as_is[c["name"]] = _mixing_reason(layer.activation)
     cmask[out_key] = const
@@ -379,7 +463,7 @@ def _analyze(graph, borders):
     for layer, in_key in producers:
       if borders == "map" and static:
         continue
-      if _carrier(layer, keep[in_key], cmask[in_key], cval[in_key]) == -1:
+      if _carrier(layer, keep[in_key], cmask[in_key], cval[in_key], front) == -1:
         removed = np.flatnonzero(~keep[in_key])
         chosen = removed[np.argmax(np.abs(cval[in_key][removed]))]
         keep[in_key][chosen] = True
@@ -387,7 +471,7 @@ def _analyze(graph, borders):
         added = True
     if not added:
       break
-  folds = {layer.name: _carrier(layer, keep[in_key], cmask[in_key], cval[in_key])
+  folds = {layer.name: _carrier(layer, keep[in_key], cmask[in_key], cval[in_key], front)
            for layer, in_key in producers}
   return {"shapes": shapes, "cmask": cmask, "cval": cval, "keep": keep, "kinds": kinds,
           "left_as_is": left_as_is, "carriers": carriers, "folds": folds}
@@ -414,10 +498,10 @@ def _removed_contribution(layer, keep, cval):
   return np.tensordot(kernel[..., removed, :], cval[removed], axes=([-2], [0]))
 
 
-def _carrier(layer, keep, cmask, cval):
+def _carrier(layer, keep, cmask, cval, front):
   """For a producer: None if the removed inputs fold into the bias; else the kept constant
   input channel that carries them (-1 if there is none yet)."""
-  if not _border_dependent(layer) or not np.any(_removed_contribution(layer, keep, cval)):
+  if not _border_dependent(layer, front) or not np.any(_removed_contribution(layer, keep, cval)):
     return None
   candidates = np.flatnonzero(keep & cmask & (cval != 0))
   if not candidates.size:
@@ -425,14 +509,16 @@ def _carrier(layer, keep, cmask, cval):
   return int(candidates[np.argmax(np.abs(cval[candidates]))])
 
 
-def _border_dependent(layer):
+def _border_dependent(layer, front):
   """True for convolutions whose zero padding makes constant inputs vary near the borders."""
-  if isinstance(layer, L.Dense) or layer.padding == "valid":
+  if isinstance(layer, front.layers.Dense) or layer.padding == "valid":
     return False
   return any(k > 1 for k in layer.kernel_size)
 
 
 def _rebuild(graph, a):
+  front = graph.front
+  L = front.layers  # pylint: disable=invalid-name
   keep, cval = a["keep"], a["cval"]
   tensors, weights_to_set, new_layers = {}, [], {}
   pending = {}  # tensor key -> (border map still to add to it, layer it comes from)
@@ -442,7 +528,7 @@ def _rebuild(graph, a):
 
   def materialize(key):
     border_map, origin = pending.pop(key)
-    bias_layer = SpatialBias(border_map.shape, name=f"{origin}_border")
+    bias_layer = front.spatial_bias(border_map.shape, name=f"{origin}_border")
     weights_to_set.append((bias_layer, [border_map.astype(np.float32)]))
     tensors[key] = bias_layer(tensors[key])
     report["spatial_bias"].append(bias_layer.name)
@@ -477,7 +563,7 @@ def _rebuild(graph, a):
       else:  # borders="map": the value at the centre goes into the bias, the rest (zero
         # except near the borders) into a SpatialBias.
         full_map = _border_map(layer, cfg, kernel, ~k_in, cval[inputs[0]],
-                               a["shapes"][inputs[0]])
+                               a["shapes"][inputs[0]], front)
         centre = full_map[tuple(d // 2 for d in full_map.shape[:-1])]
         bias = bias + centre
         border_map = (full_map - centre)[..., k_out]
@@ -520,7 +606,7 @@ def _rebuild(graph, a):
       if new_weights:
         weights_to_set.append((new, new_weights))
     outputs = spec(new, args)
-    for key, out in zip(out_keys, tf.nest.flatten(outputs)):
+    for key, out in zip(out_keys, front.flatten(outputs)):
       tensors[key] = out
     if deferred:
       border_map = sum(m for m, _ in deferred)
@@ -529,14 +615,15 @@ def _rebuild(graph, a):
       pending[out_key] = (border_map, deferred[0][1])
     elif kind == "producer" and border_map is not None:
       pending[out_key] = (border_map, name)
-      if layer.activation is not keras.activations.linear:
+      if layer.activation is not front.keras.activations.linear:
         materialize(out_key)
         tensors[out_key] = L.Activation(layer.activation, name=f"{name}_activation")(
             tensors[out_key])
   for key in list(pending):
     materialize(key)
-  shrunk = keras.Model([tensors[k] for k in graph.inputs], [tensors[k] for k in graph.outputs],
-                       name=graph.model.name)
+  shrunk = front.keras.Model([tensors[k] for k in graph.inputs],
+                             [tensors[k] for k in graph.outputs],
+                             name=graph.model.name)
   for new, values in weights_to_set:
     new.set_weights(values)
   report["params_after"] = int(shrunk.count_params())
@@ -556,14 +643,14 @@ def _batchnorm_scale(layer, keep):
   return gamma / np.sqrt(layer.moving_variance.numpy()[keep] + layer.epsilon)
 
 
-def _border_map(layer, cfg, kernel, removed, cval, input_shape):
+def _border_map(layer, cfg, kernel, removed, cval, input_shape, front):
   """W_R * c_R at every output position: the removed constants through the zero-padded conv."""
   linear = type(layer).from_config({**cfg, "activation": "linear", "use_bias": False,
                                     "name": layer.name + "_border_probe"})
   probe = _probe(input_shape, removed, cval)
   linear.build(probe.shape)
   linear.set_weights([kernel])
-  return np.asarray(linear(probe))[0]
+  return front.numpy(linear(probe))[0]
 
 
 def _channel_entry(keep, cmask):

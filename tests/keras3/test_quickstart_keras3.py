@@ -1,4 +1,5 @@
-"""The main job on Keras 3 (examples/quickstart.py --keras 3) runs on the current backend."""
+"""The main job on Keras 3 (examples/quickstart.py --keras 3) runs on the current backend:
+train, prune, strip, shrink, export to LiteRT, check LiteRT against Keras, report."""
 
 import os
 import sys
@@ -18,3 +19,10 @@ def test_quickstart_keras3_short_run(tmp_path):
   assert result["pruned_accuracy"] == result["wrapped_accuracy"]
   assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
   assert result["pruned_accuracy"] > 0.3  # 2 epochs: well above chance (0.1)
+  # Deployment on this backend: shrunk = stripped, LiteRT = Keras, and smaller files.
+  assert result["max_shrink_diff"] < 1e-4
+  assert result["max_litert_diff"] < 1e-4
+  assert result["litert_accuracy"] == pytest.approx(result["pruned_accuracy"], abs=0.01)
+  assert result["gzip_tflite"][1] < 0.5 * result["gzip_tflite"][0]
+  assert result["gzip_keras"][1] < result["gzip_keras"][0]
+  assert (tmp_path / "pruned.tflite").exists() and (tmp_path / "sparsity.png").exists()

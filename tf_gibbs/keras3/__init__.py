@@ -8,6 +8,7 @@ The wrappers are registered Keras 3 serializables: ``keras.models.load_model`` r
 from tf_gibbs.keras3.adaptive import AdaptiveThreshold
 from tf_gibbs.keras3.gibbs import GibbsPruning
 from tf_gibbs.keras3.l0 import L0Gates
+from tf_gibbs.keras3.layers import SpatialBias
 from tf_gibbs.keras3.wrapper import PruningWrapper
 
-__all__ = ["AdaptiveThreshold", "GibbsPruning", "L0Gates", "PruningWrapper"]
+__all__ = ["AdaptiveThreshold", "GibbsPruning", "L0Gates", "PruningWrapper", "SpatialBias"]
