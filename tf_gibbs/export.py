@@ -21,12 +21,11 @@ QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
 def is_wrapped(model):
   """True if ``model`` (or a model nested in it) still holds tf_gibbs or tfmot wrappers."""
   if is_keras3_object(model):
-    from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
-    from tf_gibbs.keras3 import wrapper as wrapper3  # pylint: disable=g-import-not-at-top
-    if isinstance(model, wrapper3.PruningWrapper):
+    from tf_gibbs import shrinking  # pylint: disable=g-import-not-at-top
+    front = shrinking.front_of(model)
+    if isinstance(model, front.wrapper_class()):
       return True
-    return isinstance(model, prune3.keras.Model) and any(
-        isinstance(layer, wrapper3.PruningWrapper) for layer in prune3.walk_layers(model))
+    return isinstance(model, front.keras.Model) and bool(front.wrapped_layer_names(model))
   if isinstance(model, pruning_wrapper.PruneLowMagnitude):
     return True
   return bool(wrapped_layer_names(model))
@@ -61,8 +60,9 @@ def export_tflite(model, path=None, sparse=True, quantize=None, representative_d
   Wrapped models are stripped first (``tf_gibbs.strip_pruning``, which also unwraps tfmot's
   wrappers); call :func:`tf_gibbs.shrink` before exporting to remove pruned filters physically.
 
-  Keras 3 models: on the TensorFlow backend the model is traced to a ``tf.function`` and
-  converted in this process. On JAX and PyTorch the TFLite converter cannot read the model's
+  Keras 3 models: on the TensorFlow backend Keras' ``ExportArchive`` writes the model's
+  inference call as a SavedModel (the path of Keras' own LiteRT export), which is converted in
+  this process. On JAX and PyTorch the TFLite converter cannot read the model's
   computation (Keras' own LiteRT export refuses JAX; its SavedModel export of a JAX model holds
   jax2tf ``XlaCallModule`` ops, which TFLite has no kernels for; its PyTorch route needs the
   separate ``litert-torch`` package and fixed input shapes), so the model is saved as a

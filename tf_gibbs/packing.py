@@ -113,7 +113,7 @@ def pack_narrow_convs(model, tile=16):
     activation = layer.get_config()["activation"]
     nxt = sole_consumer(key)
     if (nxt is not None and type(nxt[1]) is L.BatchNormalization and activation == "linear"
-        and _channel_axis(nxt[1].axis)):
+        and shrinking.channel_axis_only(nxt[1].axis, 4)):
       chain.append(nxt)
       key = (nxt[0]["name"], 0, 0)
       nxt = sole_consumer(key)
@@ -165,13 +165,6 @@ def pack_narrow_convs(model, tile=16):
   for new, values in weights_to_set:
     new.set_weights(values)
   return packed, report
-
-
-def _channel_axis(axis):
-  """True if a BatchNormalization ``axis`` (tf_keras: a list; Keras 3: an int) is the channel
-  axis of a 4-D tensor."""
-  axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
-  return [a % 4 for a in axes] == [3]
 
 
 def _folded(conv, followers, L):  # pylint: disable=invalid-name

@@ -16,40 +16,11 @@ def _reported(front):
 
 
 def _is_depthwise(layer):
-  return type(layer).__name__ == "DepthwiseConv2D" or hasattr(layer, "depthwise_kernel")
+  return isinstance(layer, shrink_lib.front_of(layer).layers.DepthwiseConv2D)
 
 
 def _is_dense(layer):
-  return type(layer).__name__ == "Dense"
-
-
-class _Keras3Front:
-  """The report's view of Keras 3: its wrappers, layer walk and graph-model test."""
-
-  @staticmethod
-  def walk_layers(model):
-    from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
-    return prune3.walk_layers(model)
-
-  @staticmethod
-  def is_graph_model(model):
-    from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
-    return prune3.is_graph_model(model)
-
-  @staticmethod
-  def wrapper_class():
-    from tf_gibbs.keras3 import wrapper as wrapper3  # pylint: disable=g-import-not-at-top
-    return wrapper3.PruningWrapper
-
-
-class _TfKerasFront:
-  walk_layers = staticmethod(_keras.walk_layers)
-  is_graph_model = staticmethod(_keras.is_graph_model)
-
-  @staticmethod
-  def wrapper_class():
-    from tf_gibbs.wrapper import PruningWrapper  # pylint: disable=g-import-not-at-top
-    return PruningWrapper
+  return isinstance(layer, shrink_lib.front_of(layer).layers.Dense)
 
 
 def layer_macs(layer, output_shape):
@@ -115,30 +86,29 @@ def sparsity_report(model, plot=None, print_fn=print):
   if not isinstance(model, front.keras.Model):
     raise TypeError(f"`model` must be a Keras model (tf_keras or Keras 3), got "
                     f"{type(model).__name__}.")
-  view = _Keras3Front if front.keras3 else _TfKerasFront
   if print_fn is not None and not callable(print_fn):
     raise TypeError(f"`print_fn` must be callable or None, got {print_fn!r}.")
   if plot is not None and not isinstance(plot, (str, os.PathLike)):
     raise TypeError(f"`plot` must be a file path or None, got {type(plot).__name__}.")
   notes = {}
   left_dense = dict(getattr(model, "_tf_gibbs_left_dense", None) or {})
-  wrapper_class = view.wrapper_class()
+  wrapper_class = front.wrapper_class()
   if export_lib.is_wrapped(model):
     from tf_gibbs.prune import strip_pruning  # pylint: disable=g-import-not-at-top
-    for layer in view.walk_layers(model):
+    for layer in front.walk_layers(model):
       note = layer.capped_target() if isinstance(layer, wrapper_class) else None
       if note is not None:
         notes[layer.layer.name] = note
     model = strip_pruning(model)
   reported = _reported(front)
-  layers = [layer for layer in view.walk_layers(model) if type(layer) in reported]
+  layers = [layer for layer in front.walk_layers(model) if type(layer) in reported]
   if not layers:
     raise ValueError(f"`model` ({model.name}) has no Conv1D/Conv2D/Conv3D/DepthwiseConv2D/"
                      "Dense layer to report on.")
   shrunk, shrink_report = None, None
-  if view.is_graph_model(model):
+  if front.is_graph_model(model):
     shrunk, shrink_report = shrink_lib.shrink(model)
-  shrunk_layers = {} if shrunk is None else {l.name: l for l in view.walk_layers(shrunk)}
+  shrunk_layers = {} if shrunk is None else {l.name: l for l in front.walk_layers(shrunk)}
   rows = []
   for layer in layers:
     row = layer_stats(layer)

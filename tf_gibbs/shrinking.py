@@ -109,6 +109,42 @@ class Front:
     """True unless ``activation`` is one of the known element-wise activations."""
     return activation is not None and activation not in self.elementwise
 
+  def wrapper_class(self):
+    """This Keras' tf_gibbs pruning wrapper base class."""
+    if self.keras3:
+      from tf_gibbs.keras3.wrapper import PruningWrapper as PruningWrapper3  # pylint: disable=g-import-not-at-top
+      return PruningWrapper3
+    from tf_gibbs.wrapper import PruningWrapper  # pylint: disable=g-import-not-at-top
+    return PruningWrapper
+
+  def walk_layers(self, model):
+    """The layers of ``model`` and of the models nested in it."""
+    if self.keras3:
+      from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
+      return prune3.walk_layers(model)
+    return _keras.walk_layers(model)
+
+  def is_graph_model(self, model):
+    """True for a Sequential or functional model (not a subclassed one)."""
+    if self.keras3:
+      from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
+      return prune3.is_graph_model(model)
+    return _keras.is_graph_model(model)
+
+  def wrapped_layer_names(self, model):
+    """Names of the pruning wrappers in ``model`` (tf_keras: tfmot's too)."""
+    if self.keras3:
+      wrapper = self.wrapper_class()
+      return [layer.name for layer in self.walk_layers(model) if isinstance(layer, wrapper)]
+    return _keras.wrapped_layer_names(model)
+
+
+def channel_axis_only(axis, rank):
+  """True if a BatchNormalization ``axis`` (tf_keras: a list; Keras 3: an int) is the last
+  (channel) axis of a rank-``rank`` tensor, and only that."""
+  axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+  return [a % rank for a in axes] == [rank - 1]
+
 
 @functools.lru_cache(maxsize=None)
 def _front(keras3):
@@ -185,12 +221,8 @@ def _kind(layer, node_count, front, in_shapes, out_shapes):
   if t is L.DepthwiseConv2D:
     return "depthwise", None
   if t in front.channelwise:
-    if t is L.BatchNormalization:
-      rank = len(in_shapes[0])
-      axes = [a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple))
-                                 else [layer.axis])]
-      if axes != [rank - 1]:
-        return "fixed", f"BatchNormalization over axis {layer.axis}, not the channel axis"
+    if t is L.BatchNormalization and not channel_axis_only(layer.axis, len(in_shapes[0])):
+      return "fixed", f"BatchNormalization over axis {layer.axis}, not the channel axis"
     if t is L.Activation and front.mixes_channels(layer.activation):
       return "fixed", _mixing_reason(layer.activation)
     return "channelwise", None
@@ -255,7 +287,8 @@ class _Graph:
 
   A node is (layer config, layer, node index, [input keys], call spec); a key is (layer name,
   node index, output index), node indices as in ``layer._inbound_nodes``; ``shapes`` maps every
-  key to its static shape (batch axis first)."""
+  key to its static shape (batch axis first), ``out_keys`` each (layer name, node index) to
+  its output keys."""
 
   def __init__(self, model, front):
     self.model = model
@@ -263,6 +296,7 @@ class _Graph:
     self.nodes = []
     self.node_counts = {}
     self.shapes = {}
+    self.out_keys = {}
     for depth in sorted(model._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
       for node in model._nodes_by_depth[depth]:  # pylint: disable=protected-access
         layer = node.operation if front.keras3 else node.layer
@@ -274,8 +308,10 @@ class _Graph:
         else:
           inputs = [] if node.is_input else [_key(t) for t in node.keras_inputs]
           outputs = tf.nest.flatten(node.outputs)
-        for t, out in enumerate(outputs):
-          self.shapes[(layer.name, index, t)] = _static_shape(out)
+        self.out_keys[(layer.name, index)] = [(layer.name, index, t)
+                                              for t in range(len(outputs))]
+        for key, out in zip(self.out_keys[(layer.name, index)], outputs):
+          self.shapes[key] = _static_shape(out)
         config = {"name": layer.name, "config": layer.get_config()}
         self.nodes.append((config, layer, index, inputs, _CallSpec(node, front.keras3)))
     self.inputs = [_key(t) for t in model.inputs]
@@ -285,8 +321,7 @@ class _Graph:
     return [self.shapes[k] for k in inputs]
 
   def out_shapes(self, name, index):
-    return [shape for key, shape in sorted(self.shapes.items())
-            if key[0] == name and key[1] == index]
+    return [self.shapes[k] for k in self.out_keys[(name, index)]]
 
 
 def graph_of(model, caller):
@@ -297,22 +332,14 @@ def graph_of(model, caller):
   if not isinstance(model, front.keras.Model):
     raise TypeError(f"`model` must be a Sequential or functional model (tf_keras or Keras 3), "
                     f"got {type(model).__name__}.")
-  if front.keras3:
-    from tf_gibbs.keras3 import prune as prune3  # pylint: disable=g-import-not-at-top
-    from tf_gibbs.keras3 import wrapper as wrapper3  # pylint: disable=g-import-not-at-top
-    graph_model = prune3.is_graph_model(model)
-    wrapped = [layer.name for layer in prune3.walk_layers(model)
-               if isinstance(layer, wrapper3.PruningWrapper)]
-  else:
-    graph_model = _keras.is_graph_model(model)
-    wrapped = _keras.wrapped_layer_names(model)
-  if not graph_model:
+  if not front.is_graph_model(model):
     raise ValueError(f"{caller} needs a Sequential or functional model; `model` is the "
                      f"subclassed {kind} model {type(model).__name__}. Define it as a "
                      "functional model (the layers and weights can be reused).")
   if not model.built or not model.inputs:
     raise ValueError(f"`model` is not built: give the Sequential model an Input (or call "
                      f"`model.build(input_shape)`) before calling {caller}.")
+  wrapped = front.wrapped_layer_names(model)
   if wrapped:
     raise ValueError(f"`model` still holds pruning wrappers {wrapped}: strip it first with "
                      "`tf_gibbs.strip_pruning(model)`.")
