@@ -141,7 +141,7 @@ def zero_fraction(model, names=None):
   """Fraction of exactly-zero weights over the kernels of the Conv/Dense layers of ``model``
   (only those named in ``names`` if given), from the sparsity report's per-layer counts."""
   stats = [report.layer_stats(layer) for layer in model.layers
-           if type(layer) in report.REPORTED and (names is None or layer.name in names)]
+           if report.is_reported(layer) and (names is None or layer.name in names)]
   return sum(s["zeros"] for s in stats) / max(1, sum(s["weights"] for s in stats))
 
 

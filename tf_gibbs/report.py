@@ -15,6 +15,12 @@ def _reported(front):
   return tuple(getattr(front.layers, name) for name in _REPORTED_NAMES)
 
 
+def is_reported(layer):
+  """Whether the report has a row for ``layer``: a Conv1D/2D/3D, DepthwiseConv2D or Dense of
+  either Keras (exactly those types; wrappers are stripped before reporting)."""
+  return type(layer) in _reported(shrink_lib.front_of(layer))
+
+
 def _is_depthwise(layer):
   return isinstance(layer, shrink_lib.front_of(layer).layers.DepthwiseConv2D)
 
@@ -100,8 +106,7 @@ def sparsity_report(model, plot=None, print_fn=print):
       if note is not None:
         notes[layer.layer.name] = note
     model = strip_pruning(model)
-  reported = _reported(front)
-  layers = [layer for layer in front.walk_layers(model) if type(layer) in reported]
+  layers = [layer for layer in front.walk_layers(model) if is_reported(layer)]
   if not layers:
     raise ValueError(f"`model` ({model.name}) has no Conv1D/Conv2D/Conv3D/DepthwiseConv2D/"
                      "Dense layer to report on.")

@@ -147,8 +147,9 @@ def test_export_tflite_predicts_what_keras_predicts(tmp_path):
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="the quantization options are the converter's, run in-process on "
-                           "TensorFlow; JAX and PyTorch pass them to the same converter")
+                    reason="backend-specific: the quantization options are the converter's, run "
+                           "in-process on TensorFlow; JAX and PyTorch pass them to the same "
+                           "converter")
 @pytest.mark.parametrize("quantize", ["dynamic", "float16", "int8"])
 def test_export_tflite_quantized_stays_close(quantize):
   model = residual_cnn()
