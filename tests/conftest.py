@@ -1,6 +1,13 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Two host devices for JAX, for the keras.distribution.DataParallel tests
+# (tests/keras3/test_keras3_scale.py); read when JAX starts its CPU client. Ops still run on
+# the first device by default.
+if (os.environ.get("KERAS_BACKEND") == "jax"
+    and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=2").strip()
 
 import tensorflow as tf  # noqa: E402
 
@@ -20,6 +27,16 @@ def _seed_everything():
   keras.utils.set_random_seed(1234)
   yield
   keras.backend.clear_session()
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+  """tf.distribute.MirroredStrategy over the two logical CPUs, one per process: TensorFlow's CPU
+  collectives misbehave when several MirroredStrategy objects run one after another in a process
+  (the tf_keras tests in test_robustness.py and the Keras 3 ones share it)."""
+  devices = tf.config.list_logical_devices("CPU")
+  assert len(devices) >= 2, "two logical CPUs are configured above"
+  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
 
 
 def _is_backend_run(item):

@@ -104,18 +104,8 @@ def test_mixed_precision_keeps_the_pruning_state_in_float32(method, policy):
   assert _sparsity(model) == pytest.approx(TARGET, abs=0.02)
 
 
-@pytest.fixture(scope="module")
-def mirrored():
-  devices = tf.config.list_logical_devices("CPU")
-  if len(devices) < 2:
-    pytest.skip("needs two logical CPU devices (configured in conftest.py)")
-  # One strategy for the whole module: TensorFlow's CPU collectives misbehave when several
-  # MirroredStrategy objects run one after another in a process.
-  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
-
-
 @pytest.mark.parametrize("method", METHODS)
-def test_two_replicas_equal_one_device_with_the_same_global_batch(method, mirrored):
+def test_two_replicas_equal_one_device_with_the_same_global_batch(method, mirrored_strategy):
   """Masks are drawn from stateless random numbers keyed by (seed, step), so both replicas use
   the same mask; gradients are averaged over the global batch, so the distributed run is the
   single-device run (up to float summation order)."""
@@ -123,7 +113,7 @@ def test_two_replicas_equal_one_device_with_the_same_global_batch(method, mirror
   single = _compile(METHODS[method]())
   _fit(single)
   keras.utils.set_random_seed(0)
-  with mirrored.scope():
+  with mirrored_strategy.scope():
     distributed = _compile(METHODS[method]())
   _fit(distributed)
   for a, b in zip(_weights(single), _weights(distributed)):
