@@ -129,6 +129,13 @@ def run_if_finite(named, layer_name, fn):
   return fn()
 
 
+def _autocast(dtype):
+  """Keras' autocast scope: float variables read inside it are cast to ``dtype`` (None: read
+  as stored). Keras has no public API for it (3.0–3.15 keep it in ``keras.src.backend``)."""
+  from keras.src.backend import AutocastScope  # pylint: disable=g-import-not-at-top
+  return AutocastScope(dtype)
+
+
 class PruningWrapper(keras.layers.Wrapper):
   """Base of the Keras 3 wrappers (:class:`GibbsPruning`, :class:`L0Gates`,
   :class:`AdaptiveThreshold` in :mod:`tf_gibbs.keras3`).
@@ -237,8 +244,10 @@ class PruningWrapper(keras.layers.Wrapper):
     return ops.copy(value) if keras.backend.backend() == "torch" else value
 
   def read_weight(self):
-    """The kernel's value in float32 (never the autocast copy)."""
-    return ops.convert_to_tensor(self.kernel_variable.value)
+    """The kernel's value in float32: under a mixed precision policy Keras would read it cast to
+    float16/bfloat16 inside ``call``; energies, gates and thresholds are computed in float32."""
+    with _autocast(None):
+      return ops.convert_to_tensor(self.kernel_variable.value)
 
   def call(self, inputs, training=None):
     weight = self.read_weight()
@@ -265,7 +274,10 @@ class PruningWrapper(keras.layers.Wrapper):
     # object.__setattr__: no tracking (Keras would re-register the tensor as a weight).
     object.__setattr__(layer, self.weight_name, effective_weight)
     try:
-      return layer.call(inputs)
+      # The scope that ``layer.__call__`` would open: its bias is read in its compute dtype.
+      mixed = layer.compute_dtype != layer.variable_dtype
+      with _autocast(layer.compute_dtype if mixed else None):
+        return layer.call(inputs)
     finally:
       object.__setattr__(layer, self.weight_name, variable)
 
