@@ -1,6 +1,7 @@
 """Deployment: is a pruned ResNet-20 really smaller and faster once shrunk and exported?
 
   python benchmarks/deploy.py [--steps 30] [--runs 2000] [--threads 1]
+  KERAS_BACKEND=jax python benchmarks/deploy.py --keras 3     # Keras 3 rows (tensorflow, jax)
 
 Two models, both ResNet-20 on CIFAR-shaped inputs, pruned by tf_gibbs during ``fit`` (every
 conv and projection except the stem; not the classifier), stripped, exported with
@@ -20,6 +21,10 @@ speed, which depend on the architecture and the zeros, not on accuracy. Training
 enough for the β schedule to end, so the final exact-count masks are the ones exported.
 Latency is the median of ``--runs`` single-example invocations after warm-up, dense and shrunk
 interleaved in rounds so that machine load affects both alike.
+
+``--keras 3`` builds, prunes, strips, shrinks and exports the same models with Keras 3 on the
+backend that KERAS_BACKEND names (parts 1 and 2; part 3 does not depend on Keras). On JAX and
+PyTorch ``export_tflite`` converts in a TensorFlow process of its own.
 """
 
 import argparse
@@ -33,7 +38,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import tf_gibbs  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import tf_keras  # noqa: E402
+
+keras = tf_keras  # the Keras of the run: tf_keras, or Keras 3 with --keras 3 (set in main)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from models import resnet  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -42,7 +49,7 @@ SKIP = ("stem", "classifier")
 
 
 def _prunable(layer):
-  return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.name not in SKIP
+  return type(layer).__name__ in ("Conv2D", "Dense") and layer.name not in SKIP
 
 
 def pruned_resnet(hamiltonian, sparsity, steps, batch_size=16, seed=0):
@@ -50,7 +57,7 @@ def pruned_resnet(hamiltonian, sparsity, steps, batch_size=16, seed=0):
   keras.utils.set_random_seed(seed)
   schedule = tf_gibbs.GibbsSchedule.reference(hamiltonian, begin_step=0, end_step=steps - 2,
                                               target_sparsity=sparsity)
-  model = tf_gibbs.prune_gibbs(resnet(20), schedule, hamiltonian=hamiltonian, seed=seed,
+  model = tf_gibbs.prune_gibbs(resnet(20, keras=keras), schedule, hamiltonian=hamiltonian, seed=seed,
                                skip=lambda layer: not _prunable(layer))
   model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -103,11 +110,20 @@ def main(argv=None):
                       help="output-channel tile for tf_gibbs.pack_narrow_convs (16: XNNPACK on "
                       "AVX-512, 8: AVX2 / NEON)")
   parser.add_argument("--out_dir", default=None, help="write the .tflite files here")
+  parser.add_argument("--keras", type=int, choices=(2, 3), default=2,
+                      help="2: tf_keras (default); 3: Keras 3 on KERAS_BACKEND (parts 1 and 2)")
   args = parser.parse_args(argv)
+  global keras  # pylint: disable=global-statement
+  if args.keras == 3:
+    import keras as keras3  # pylint: disable=g-import-not-at-top
+    keras = keras3
+    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}")
+  else:
+    keras = tf_keras
   results = {}
 
   print("== 1. Filter Hamiltonian, 50 % of the filters: shrink")
-  dense_model = resnet(20)
+  dense_model = resnet(20, keras=keras)
   stripped, x = pruned_resnet("filter", 0.5, args.steps)
   dense_model.set_weights(stripped.get_weights())  # same architecture; weights do not matter
   # (the dense model's latency does not depend on its weights: XNNPACK runs dense kernels)
@@ -164,7 +180,7 @@ def main(argv=None):
 
   print("\n== 2. Unstructured Gibbs, 90 %: sparse TFLite")
   stripped, x = pruned_resnet("unstructured", 0.9, args.steps)
-  dense_model = resnet(20)
+  dense_model = resnet(20, keras=keras)
   dense_fb = tf_gibbs.export_tflite(dense_model, sparse=False)
   zeros_fb = tf_gibbs.export_tflite(stripped, sparse=False)
   sparse_fb = tf_gibbs.export_tflite(stripped, sparse=True)
@@ -185,6 +201,8 @@ def main(argv=None):
         f"{'MET' if size_ratio <= 0.3 else 'NOT MET'}")
   results["unstructured"] = {"size_ratio": size_ratio, "sparsity": sparsity,
                              "parity": sparse_parity}
+  if args.keras == 3:
+    return results
 
   print("\n== 3. One 3x3 'same' conv on 32x32x32 inputs: LiteRT latency against output channels")
   channels = (8, 16, 17, 24, 31, 32)

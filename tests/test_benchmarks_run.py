@@ -15,6 +15,7 @@ import deploy  # noqa: E402  pylint: disable=g-import-not-at-top
 import overhead  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
+@pytest.mark.slow  # ~80 s: trains five models; the structured rows below run accuracy.py by default
 def test_accuracy_benchmark_runs_and_reaches_the_target_sparsity():
   results = accuracy.main(["--epochs", "1", "--seeds", "0", "--sparsities", "0.9",
                            "--methods", "dense,tfmot,gibbs,l0,adaptive"])

@@ -98,6 +98,7 @@ def test_skip_leaves_layers_dense_for_every_method():
     assert callbacks
 
 
+@pytest.mark.slow  # ~70 s (ResNet-20 with every wrapper); the MNIST example runs by default
 def test_cifar10_example_runs_on_mock_data(tmp_path):
   log_dir = str(tmp_path / "logs")
   with tfds.testing.mock_data(num_examples=16):

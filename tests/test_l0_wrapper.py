@@ -156,7 +156,9 @@ def test_tflite_of_the_stripped_model_predicts_like_keras():
   np.testing.assert_allclose(lite, model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("filename", ["model.keras", "model.h5", "saved_model"])
+@pytest.mark.parametrize("filename", [
+    "model.keras", "model.h5",
+    pytest.param("saved_model", marks=pytest.mark.slow)])  # ~28 s; SavedModel: test_save_load.py
 def test_save_load_keeps_gates_and_resumes(tmp_path, filename):
   model, x, y = _trained(epochs=1, end_step=40)
   loaded, pairs = reload(model, str(tmp_path / filename), x, tf_gibbs.L0Gates)

@@ -201,7 +201,8 @@ np.save(x_path + ".out.npy", model.predict(np.load(x_path), verbose=0))
 """
 
 
-@pytest.mark.parametrize("kind", ["sequential", "functional"])
+@pytest.mark.parametrize("kind", [pytest.param("sequential", marks=pytest.mark.slow),  # ~30 s
+                                  "functional"])
 def test_load_keras_file_in_a_process_that_never_imported_tf_gibbs(kind, tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top

@@ -52,6 +52,16 @@ METHODS = {
 }
 
 
+def _cases(*axes, slow=lambda *case: False):
+  """Every combination of ``axes`` as pytest params; those for which ``slow(*case)`` holds are
+  marked slow (``pytest -m slow``): they repeat what a default case already covers."""
+  combos = [()]
+  for axis in axes:
+    combos = [c + (v,) for c in combos for v in axis]
+  return [pytest.param(*c, marks=pytest.mark.slow) if slow(*c) else pytest.param(*c)
+          for c in combos]
+
+
 def _compile(model, jit_compile=False):
   model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -77,7 +87,10 @@ def _weights(model):
   return [np.array(w) for w in model.get_weights()]
 
 
-@pytest.mark.parametrize("method", METHODS)
+# Gibbs unstructured, L0 per weight and adaptive also train under jit_compile in their own
+# test files (test_gibbs_wrapper, test_l0_wrapper, test_adaptive_wrapper).
+@pytest.mark.parametrize("method", _cases(
+    METHODS, slow=lambda m: m in ("gibbs", "l0_weight", "adaptive")))
 def test_trains_under_xla_to_the_target(method):
   model = _compile(METHODS[method](), jit_compile=True)
   history = _fit(model)
@@ -85,8 +98,10 @@ def test_trains_under_xla_to_the_target(method):
   assert _sparsity(model) == pytest.approx(TARGET, abs=0.02)
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("method", METHODS)
+# bfloat16 by default for one Gibbs and one L0 wrapper (float16, with its loss scaling, for all).
+@pytest.mark.parametrize("method,policy", _cases(
+    METHODS, ["mixed_float16", "mixed_bfloat16"],
+    slow=lambda m, p: p == "mixed_bfloat16" and m not in ("gibbs", "l0_weight")))
 def test_mixed_precision_keeps_the_pruning_state_in_float32(method, policy):
   keras.mixed_precision.set_global_policy(policy)
   try:
@@ -134,8 +149,10 @@ class _Interrupt(keras.callbacks.Callback):
       raise RuntimeError("interrupted")
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("order", ["pruning_first", "backup_first"])
+# The callbacks' order is the same question for every method: both orders by default for one.
+@pytest.mark.parametrize("method,order", _cases(
+    METHODS, ["pruning_first", "backup_first"],
+    slow=lambda m, o: o == "backup_first" and m != "gibbs"))
 def test_interrupted_and_resumed_fit_equals_an_uninterrupted_one(method, order, tmp_path):
   keras.utils.set_random_seed(0)
   uninterrupted = _compile(METHODS[method]())

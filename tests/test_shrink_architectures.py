@@ -13,7 +13,7 @@ from helpers import random_batchnorm
 
 L = keras.layers
 APPLICATIONS = ["MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50V2",
-                "DenseNet121",
+                pytest.param("DenseNet121", marks=pytest.mark.slow),  # ~24 s
                 pytest.param("NASNetMobile", marks=pytest.mark.slow)]  # ~36 s
 
 
