@@ -19,3 +19,14 @@ def test_keras3_overhead_rows_run():
   assert rows[(backend, "dense", 4)] == 1.0
   assert rows[(backend, "gibbs_unstructured", 4)] > 0
   assert set(rows) == {(backend, "dense", 4), (backend, "gibbs_unstructured", 4)}
+
+
+@pytest.mark.slow  # ~3 min: trains, shrinks and exports two ResNet-20s
+def test_keras3_deploy_rows_run_and_shrunk_models_match():
+  import deploy  # pylint: disable=g-import-not-at-top
+  results = deploy.main(["--keras", "3", "--steps", "4", "--runs", "20"])
+  assert results["filter"]["parity"] < 1e-4
+  assert 0.3 < results["filter"]["kept_mac_fraction"] < 0.8
+  assert results["unstructured"]["parity"] < 1e-4
+  assert abs(results["unstructured"]["sparsity"] - 0.9) < 0.01
+  assert "conv_latency_ms" not in results  # part 3 does not depend on Keras: tf_keras runs it
