@@ -10,6 +10,10 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
 import quickstart  # noqa: E402  pylint: disable=g-import-not-at-top
 
+# On PyTorch the main job is a slow test (`KERAS_BACKEND=torch pytest -m slow tests/keras3`):
+# its export runs the same TensorFlow-process conversion as on JAX, tested by default there.
+pytestmark = [pytest.mark.slow] if keras.backend.backend() == "torch" else []
+
 
 def test_quickstart_keras3_short_run(tmp_path):
   backend = keras.backend.backend()
