@@ -57,8 +57,8 @@ def pruned_resnet(hamiltonian, sparsity, steps, batch_size=16, seed=0):
   keras.utils.set_random_seed(seed)
   schedule = tf_gibbs.GibbsSchedule.reference(hamiltonian, begin_step=0, end_step=steps - 2,
                                               target_sparsity=sparsity)
-  model = tf_gibbs.prune_gibbs(resnet(20, keras=keras), schedule, hamiltonian=hamiltonian, seed=seed,
-                               skip=lambda layer: not _prunable(layer))
+  model = tf_gibbs.prune_gibbs(resnet(20, keras=keras), schedule, hamiltonian=hamiltonian,
+                               seed=seed, skip=lambda layer: not _prunable(layer))
   model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   rng = np.random.RandomState(seed)

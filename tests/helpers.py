@@ -32,6 +32,16 @@ def wrappers(model, wrapper_type=None):
   return [l for l in model.layers if isinstance(l, wrapper_type or tf_gibbs.PruningWrapper)]
 
 
+def check_mask(mask, gates, name):
+  """Gibbs and adaptive masks are binary; with ``gates`` (an L0 wrapper, either Keras) the mask
+  is Louizos et al.'s test-time gate ẑ = clip(σ(log α)(ζ − γ) + γ, 0, 1): exact zeros, and kept
+  values in (0, 1] that scale the weight, never outside [0, 1]."""
+  if gates:
+    assert np.all((mask >= 0.0) & (mask <= 1.0)), name
+  else:
+    assert np.all(np.isin(mask, [0.0, 1.0])), name
+
+
 def digits(n=600):
   """The first ``n`` of scikit-learn's 8x8 digits, scaled to [0, 1], with their labels."""
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import tf_gibbs
+from helpers import check_mask
 from helpers import random_data
 from helpers import small_cnn
 from helpers import wrappers
@@ -84,12 +85,7 @@ def _sparsity(model):
 
 
 def _check_mask(wrapper, mask):
-  """Gibbs and adaptive masks are binary; L0's is the test-time gate
-  ẑ = clip(σ(log α)(ζ − γ) + γ, 0, 1) (Louizos et al.): exact zeros, kept values in (0, 1]."""
-  if isinstance(wrapper, tf_gibbs.L0Gates):
-    assert np.all((mask >= 0.0) & (mask <= 1.0)), wrapper.name
-  else:
-    assert np.all(np.isin(mask, [0.0, 1.0])), wrapper.name
+  check_mask(mask, isinstance(wrapper, tf_gibbs.L0Gates), wrapper.name)
 
 
 def _weights(model):

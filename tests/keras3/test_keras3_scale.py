@@ -10,6 +10,7 @@ import pytest
 import tf_gibbs
 
 from conftest import to_numpy
+from helpers import check_mask
 from test_keras3_wrappers import END
 from test_keras3_wrappers import METHODS
 from test_keras3_wrappers import STEPS
@@ -47,13 +48,7 @@ def _fit(model):
 
 
 def _check_mask(wrapper, mask):
-  """Gibbs and adaptive masks are binary; L0's is the gate ẑ = clip(σ(log α)(ζ − γ) + γ, 0, 1)
-  (Louizos et al.'s test-time gate: exact zeros, and kept values in (0, 1] that scale the
-  weight), never outside [0, 1]."""
-  if isinstance(wrapper, tf_gibbs.keras3.L0Gates):
-    assert np.all((mask >= 0.0) & (mask <= 1.0)), wrapper.name
-  else:
-    assert np.all(np.isin(mask, [0.0, 1.0])), wrapper.name
+  check_mask(mask, isinstance(wrapper, tf_gibbs.keras3.L0Gates), wrapper.name)
 
 
 def _replicas(variable):
