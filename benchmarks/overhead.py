@@ -1,7 +1,14 @@
 """Training-step time of Gibbs-pruned ResNet-20 divided by tfmot's prune_low_magnitude.
 
   python benchmarks/overhead.py [--batch_sizes 128,16] [--steps N] [--repeats R] [--xla off|on|both]
-                                [--modes ...]
+                                [--modes ...] [--models mobilenetv2,efficientnetb0 --input_sizes 32,96]
+
+Edge models (issue #25): ``--models mobilenetv2,efficientnetb0`` times ``tf_keras.applications``
+models (weights=None, 10 classes) at each of ``--input_sizes`` instead of ResNet, every Conv2D,
+DepthwiseConv2D and Dense wrapped (what ``prune_low_magnitude`` of the whole model wraps), with
+a dense (unpruned) row. Each configuration first prints the time to the end of the first step
+(building, wrapping, compiling, Keras' tracing, the first step), models built in turn in this
+process, as a ratio to tfmot's; then the interleaved step times below.
 
 Both models are the same ResNet-20 (CIFAR-shaped random data), with the same layers wrapped
 (every conv and projection except the stem; not the classifier), trained in one process on the
@@ -38,36 +45,60 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from models import resnet  # noqa: E402  pylint: disable=g-import-not-at-top
 
 SKIP = ("stem", "classifier")
+EDGE_MODELS = {"mobilenetv2": "MobileNetV2", "efficientnetb0": "EfficientNetB0"}
 
 
-def _prunable(layer):
-  return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.name not in SKIP
+def base_model(arch):
+  """A fresh model of ``arch`` = (name, input size): ``resnet<depth>`` (CIFAR ResNet, 32×32)
+  or an edge model of ``tf_keras.applications`` (``mobilenetv2``, ``efficientnetb0``;
+  weights=None, 10 classes)."""
+  name, size = arch
+  if name.startswith("resnet"):
+    return resnet(int(name[len("resnet"):]), input_shape=(size, size, 3))
+  application = getattr(keras.applications, EDGE_MODELS[name])
+  return application(input_shape=(size, size, 3), weights=None, classes=10)
 
 
-def tfmot_model(depth):
+def prunable(arch):
+  """The layers every method wraps: ResNet's convolutions and projections except the stem (not
+  the classifier); every Conv2D, DepthwiseConv2D and Dense of an edge model (what tfmot's
+  ``prune_low_magnitude`` of the whole model prunes)."""
+  if arch[0].startswith("resnet"):
+    return lambda layer: (isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+                          and layer.name not in SKIP)
+  return lambda layer: isinstance(
+      layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense))
+
+
+def _skip(arch):
+  wrapped = prunable(arch)
+  return lambda layer: not wrapped(layer)
+
+
+def tfmot_model(arch):
   schedule = tfmot.sparsity.keras.ConstantSparsity(0.9, begin_step=0)
+  wrapped = prunable(arch)
 
   def wrap(layer):
-    return tfmot.sparsity.keras.prune_low_magnitude(layer, schedule) if _prunable(layer) else layer
+    return tfmot.sparsity.keras.prune_low_magnitude(layer, schedule) if wrapped(layer) else layer
 
-  return keras.models.clone_model(resnet(depth), clone_function=wrap)
+  return keras.models.clone_model(base_model(arch), clone_function=wrap)
 
 
-def gibbs_model(depth, hamiltonian="unstructured", sampler=None):
+def gibbs_model(arch, hamiltonian="unstructured", sampler=None):
   schedule = tf_gibbs.GibbsSchedule.reference(hamiltonian, begin_step=0, end_step=10_000)
-  return tf_gibbs.prune_gibbs(resnet(depth), schedule, hamiltonian=hamiltonian, sampler=sampler,
-                              skip=lambda layer: not _prunable(layer))
+  return tf_gibbs.prune_gibbs(base_model(arch), schedule, hamiltonian=hamiltonian,
+                              sampler=sampler, skip=_skip(arch))
 
 
-def l0_model(depth, granularity="weight", mode="deterministic"):
+def l0_model(arch, granularity="weight", mode="deterministic"):
   schedule = tf_gibbs.L0Schedule(target_sparsity=0.9, begin_step=0, end_step=10_000)
-  return tf_gibbs.prune_l0(resnet(depth), granularity=granularity, mode=mode, schedule=schedule,
-                           skip=lambda layer: not _prunable(layer))
+  return tf_gibbs.prune_l0(base_model(arch), granularity=granularity, mode=mode,
+                           schedule=schedule, skip=_skip(arch))
 
 
-def adaptive_model(depth):
-  return tf_gibbs.prune_adaptive(resnet(depth), 0.9, end_step=10_000,
-                                 skip=lambda layer: not _prunable(layer))
+def adaptive_model(arch):
+  return tf_gibbs.prune_adaptive(base_model(arch), 0.9, end_step=10_000, skip=_skip(arch))
 
 
 class IdentityWrapper(tf_gibbs.PruningWrapper):
@@ -81,11 +112,12 @@ class IdentityWrapper(tf_gibbs.PruningWrapper):
     return weight
 
 
-def wrapper_model(depth):
+def wrapper_model(arch):
   from tf_gibbs import prune as prune_lib  # pylint: disable=g-import-not-at-top
   schedule = tf_gibbs.GibbsSchedule(end_step=10_000)
-  return prune_lib.apply_wrappers(resnet(depth), lambda layer, i: IdentityWrapper(layer, schedule),
-                                  skip=lambda layer: not _prunable(layer), api_name="wrapper")
+  return prune_lib.apply_wrappers(base_model(arch),
+                                  lambda layer, i: IdentityWrapper(layer, schedule),
+                                  skip=_skip(arch), api_name="wrapper")
 
 
 def without_nested_xla(model):
@@ -106,21 +138,25 @@ def without_nested_xla(model):
   return model
 
 
-def make_model(name, depth):
+def make_model(name, arch):
   """``unstructured``, ``kernel``, ``filter_chromatic``, ... (Gibbs), ``l0[_granularity]``,
-  ``adaptive`` or ``wrapper`` (the base alone); a suffix ``@noxla`` turns the nested XLA
+  ``adaptive``, ``wrapper`` (the base alone), ``tfmot`` or ``dense`` (unpruned); a suffix ``@noxla`` turns the nested XLA
   clusters off."""
   name, _, suffix = name.partition("@")
   if suffix:
-    return without_nested_xla(make_model(name, depth))
+    return without_nested_xla(make_model(name, arch))
+  if name == "dense":
+    return base_model(arch)
+  if name == "tfmot":
+    return tfmot_model(arch)
   if name == "wrapper":
-    return wrapper_model(depth)
+    return wrapper_model(arch)
   family, _, option = name.partition("_")
   if family == "adaptive":
-    return adaptive_model(depth)
+    return adaptive_model(arch)
   if family == "l0":
-    return l0_model(depth, option or "weight")
-  return gibbs_model(depth, family, option or None)
+    return l0_model(arch, option or "weight")
+  return gibbs_model(arch, family, option or None)
 
 
 def sampler_cost(sizes=(3, 5, 7), channels=64, repeats=20):
@@ -154,6 +190,31 @@ def _prepare(model, xla):
   return model
 
 
+def batch(model, batch_size):
+  """A fixed random batch for ``model``'s input shape (10 classes)."""
+  rng = np.random.RandomState(0)
+  x = rng.rand(batch_size, *model.input_shape[1:]).astype("float32")
+  return x, rng.randint(0, 10, batch_size)
+
+
+def first_steps(names, arch, batch_size, xla):
+  """Builds, compiles and trains one step of each model in ``names``, in turn, in this process.
+
+  Returns (models, seconds from the start of building each model to the end of its first
+  step: the wrapping, Keras' tracing and every compilation the first step needs)."""
+  models, seconds = {}, {}
+  x = y = None
+  for name in names:
+    start = time.perf_counter()
+    model = _prepare(make_model(name, arch), xla)
+    if x is None:
+      x, y = batch(model, batch_size)
+    model.train_on_batch(x, y)
+    seconds[name] = time.perf_counter() - start
+    models[name] = model
+  return models, seconds
+
+
 def measure(models, batch_size, steps, warmup=3, baseline="tfmot", percentile=20):
   """Per-step times of every model, interleaved one step at a time (A B, then B A, ...).
 
@@ -162,10 +223,8 @@ def measure(models, batch_size, steps, warmup=3, baseline="tfmot", percentile=20
   model is summarized by a low percentile of its step times (the least disturbed steps) and by
   its median; the ratios to ``baseline`` of both are reported.
   """
-  rng = np.random.RandomState(0)
-  x = rng.rand(batch_size, 32, 32, 3).astype("float32")
-  y = rng.randint(0, 10, batch_size)
   names = list(models)
+  x, y = batch(models[names[0]], batch_size)
   for name in names:
     for _ in range(warmup):
       models[name].train_on_batch(x, y)
@@ -190,7 +249,14 @@ def main(argv=None):
                       "and report the median of the repeats' ratios (and their range): the "
                       "machine's speed drifts between blocks of steps, a single block's ratio "
                       "moves by about ±0.05 at batch 16")
-  parser.add_argument("--depth", type=int, default=20)
+  parser.add_argument("--depth", type=int, default=20, help="ResNet depth (without --models)")
+  parser.add_argument("--models", default="",
+                      help="edge models instead of ResNet: mobilenetv2,efficientnetb0 "
+                      "(tf_keras.applications, weights=None, 10 classes; resnet20 also works); "
+                      "every Conv2D, DepthwiseConv2D and Dense is wrapped, as tfmot's "
+                      "prune_low_magnitude of the whole model does, and a dense row is added")
+  parser.add_argument("--input_sizes", default="32",
+                      help="square input sizes of --models, e.g. 32,96")
   parser.add_argument("--xla", default="both", choices=("off", "on", "both"),
                       help="compile with jit_compile=False, True, or time both (default)")
   parser.add_argument("--modes",
@@ -217,37 +283,59 @@ def main(argv=None):
                    + (["--steps", str(args.steps)] if args.steps else []), env=env, check=True)
   if args.keras3_backends and args.modes == "none":
     return results
-  for xla in {"off": [False], "on": [True], "both": [False, True]}[args.xla]:
-    keras.utils.set_random_seed(0)
-    models = {"tfmot": _prepare(tfmot_model(args.depth), xla)}
-    for name in args.modes.split(","):
-      label = name if name.startswith(("l0", "adaptive", "wrapper")) else f"gibbs_{name}"
-      models[label] = _prepare(make_model(name, args.depth), xla)
-    print(f"\nResNet-{args.depth}, CIFAR-shaped input, jit_compile={xla} (tfmot too); step "
-          f"times of {args.steps or '120 (batch < 64) / 40'} interleaved steps per model and "
-          f"batch size{f', in {args.repeats} repeats (medians of their figures)' if args.repeats > 1 else ''}")
-    print(f"{'method':<22} {'batch':>5} {'p20 ms':>8} {'p20 ratio':>10} {'median ms':>10} "
-          f"{'median ratio':>13}")
-    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-      steps = args.steps if args.steps else (40 if batch_size >= 64 else 120)
-      runs = [measure(models, batch_size, steps) for _ in range(max(args.repeats, 1))]
-      for name in models:
-        low, low_ratio, mid, mid_ratio = (float(np.median([run[name][i] for run in runs]))
-                                          for i in range(4))
-        results[(name, batch_size) + (("xla",) if xla else ())] = low_ratio
-        results[(name, batch_size, "ms") + (("xla",) if xla else ())] = 1e3 * low
-        spread = ""
-        if len(runs) > 1:
-          ratios = sorted(run[name][1] for run in runs)
-          spread = f"   p20 ratios of the {len(runs)} repeats: " + " ".join(
-              f"{r:.3f}" for r in ratios)
-        print(f"{name:<22} {batch_size:>5} {1e3 * low:>8.1f} {low_ratio:>10.3f} "
-              f"{1e3 * mid:>10.1f} {mid_ratio:>13.3f}{spread}")
-    del models
+  if args.models:
+    archs = [(m, int(size)) for m in args.models.split(",")
+             for size in args.input_sizes.split(",")]
+  else:
+    archs = [(f"resnet{args.depth}", 32)]
+  labels = {"tfmot": "tfmot", "dense": "dense"}
+  for name in args.modes.split(","):
+    labels[name] = name if name.startswith(("l0", "adaptive", "wrapper")) else f"gibbs_{name}"
+  names = ["tfmot"] + (["dense"] if args.models else []) + args.modes.split(",")
+  batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+  for arch in archs:
+    # ResNet alone keeps the keys (method, batch[, "xla"]); with --models they start with arch.
+    prefix = (f"{arch[0]}@{arch[1]}",) if args.models else ()
+    title = (f"ResNet-{args.depth}, CIFAR-shaped input" if not args.models else
+             f"{arch[0]} ({'tf_keras.applications, ' if arch[0] in EDGE_MODELS else ''}"
+             f"{arch[1]}x{arch[1]}x3 input, 10 classes)")
+    for xla in {"off": [False], "on": [True], "both": [False, True]}[args.xla]:
+      keras.utils.set_random_seed(0)
+      built, first = first_steps(names, arch, batch_sizes[0], xla)
+      models = {labels[name]: model for name, model in built.items()}
+      print(f"\n{title}, jit_compile={xla} (tfmot too)")
+      print(f"time to the end of the first step (build, wrap, compile, trace, first step at "
+            f"batch {batch_sizes[0]}; models built in turn in this process)")
+      print(f"{'method':<22} {'seconds':>8} {'ratio':>7}")
+      for name in names:
+        ratio = first[name] / first["tfmot"]
+        results[prefix + (labels[name], "first") + (("xla",) if xla else ())] = ratio
+        print(f"{labels[name]:<22} {first[name]:>8.1f} {ratio:>7.2f}")
+      print(f"step times of {args.steps or '120 (batch < 64) / 40'} interleaved steps per model "
+            f"and batch size{f', in {args.repeats} repeats (medians of their figures)' if args.repeats > 1 else ''}")
+      print(f"{'method':<22} {'batch':>5} {'p20 ms':>8} {'p20 ratio':>10} {'median ms':>10} "
+            f"{'median ratio':>13}")
+      for batch_size in batch_sizes:
+        steps = args.steps if args.steps else (40 if batch_size >= 64 else 120)
+        runs = [measure(models, batch_size, steps) for _ in range(max(args.repeats, 1))]
+        for name in models:
+          low, low_ratio, mid, mid_ratio = (float(np.median([run[name][i] for run in runs]))
+                                            for i in range(4))
+          results[prefix + (name, batch_size) + (("xla",) if xla else ())] = low_ratio
+          results[prefix + (name, batch_size, "ms") + (("xla",) if xla else ())] = 1e3 * low
+          spread = ""
+          if len(runs) > 1:
+            ratios = sorted(run[name][1] for run in runs)
+            spread = f"   p20 ratios of the {len(runs)} repeats: " + " ".join(
+                f"{r:.3f}" for r in ratios)
+          print(f"{name:<22} {batch_size:>5} {1e3 * low:>8.1f} {low_ratio:>10.3f} "
+                f"{1e3 * mid:>10.1f} {mid_ratio:>13.3f}{spread}")
+      del models, built
   if args.xla == "both":
     print("\nXLA speed-up (p20 step time without XLA / with XLA)")
-    for key in [k for k in results if len(k) == 3 and k[2] == "ms"]:
-      print(f"{key[0]:<22} {key[1]:>5} {results[key] / results[key + ('xla',)]:>8.2f}")
+    for key in [k for k in results if k[-1] == "ms"]:
+      print(f"{' '.join(map(str, key[:-2])):<30} {key[-2]:>5} "
+            f"{results[key] / results[key + ('xla',)]:>8.2f}")
   if args.sampler_sizes:
     sizes = [int(k) for k in args.sampler_sizes.split(",")]
     costs = sampler_cost(sizes)
