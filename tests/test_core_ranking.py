@@ -74,3 +74,39 @@ def test_exact_count_mask_with_negative_scores_and_signed_zeros():
   mask = q_lib.exact_count_keep_mask(scores, 0.5).numpy()
   # the four smallest: -3, -1, then the first two zeros by position
   np.testing.assert_array_equal(mask, [0, 0, 0, 1, 0, 1, 1, 1])
+
+
+def _brute_force_keep(scores, sparsity):
+  n = scores.size
+  k = min(int(round(sparsity * n)), n - 1)
+  keep = np.ones(n, np.float32)
+  keep[np.argsort(scores.reshape(-1), kind="stable")[:k]] = 0.0  # ties: lower position first
+  return keep.reshape(scores.shape)
+
+
+@pytest.mark.parametrize("n", [2, 3, 255, 256, 257, 300, 1000, 65535, 65536])
+def test_padded_selections_equal_numpy_with_ties_and_huge_values(n):
+  # Small layers run on +inf-padded copies (padded_size); the padding must never be counted,
+  # ranked or tied: duplicated values, values next to float32's largest, exact positions.
+  rng = np.random.RandomState(n)
+  values = rng.choice(np.float32([0.0, 1.0, 2.5, 3e38, np.float32(3.4028235e38)]), n)
+  values[: n // 2] = rng.rand(n // 2).astype(np.float32)
+  assert q_lib.padded_size(n) >= n
+  for q in (0.0, 0.5, 0.9, 1.0):
+    np.testing.assert_allclose(q_lib.quantile(values, q).numpy(),
+                               np.quantile(values.astype(np.float64), q), rtol=1e-6)
+  for sparsity in (0.0, 0.5, 0.9, 1.0):
+    np.testing.assert_array_equal(q_lib.exact_count_keep_mask(values, sparsity).numpy(),
+                                  _brute_force_keep(values, sparsity))
+
+
+def test_sizes_that_pad_alike_share_one_compilation_and_large_ones_are_not_padded():
+  assert [q_lib.padded_size(n) for n in (1, 2, 3, 288, 512, 513, 65535, 65536, 92160)] == [
+      2, 2, 4, 512, 512, 1024, 65536, 65536, 92160]
+  cluster = q_lib._quantile_cluster.xla_cluster  # pylint: disable=protected-access
+  traces = cluster.experimental_get_tracing_count()
+  for shape in [(3, 3, 32), (16, 24), (1, 1, 2, 200), (500,)]:  # 288, 384, 400, 500 → 512
+    values = np.random.RandomState(len(shape)).rand(*shape).astype(np.float32)
+    np.testing.assert_allclose(q_lib.quantile(values, 0.9).numpy(), np.quantile(values, 0.9),
+                               rtol=1e-6)
+  assert cluster.experimental_get_tracing_count() - traces <= 1
