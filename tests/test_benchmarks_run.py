@@ -38,6 +38,17 @@ def test_overhead_benchmark_runs():
       assert results[(name, 4) + xla] > 0 and results[(name, 4, "ms") + xla] > 0
 
 
+@pytest.mark.slow  # ~60 s: builds and traces MobileNetV2 three times
+def test_overhead_benchmark_runs_on_an_edge_model():
+  results = overhead.main(["--models", "mobilenetv2", "--input_sizes", "32", "--batch_sizes", "2",
+                           "--steps", "2", "--modes", "unstructured", "--xla", "off",
+                           "--sampler_sizes", ""])
+  arch = ("mobilenetv2@32",)
+  assert results[arch + ("tfmot", "first")] == 1.0 and results[arch + ("tfmot", 2)] == 1.0
+  for name in ("dense", "gibbs_unstructured"):
+    assert results[arch + (name, "first")] > 0 and results[arch + (name, 2, "ms")] > 0
+
+
 def test_budget_benchmark_hits_the_target_with_the_exact_correction():
   results = budget.main(["--epochs", "1", "--targets", "0.8", "--seeds", "0"])
   assert set(results) == {("erf", 0.8), ("measured", 0.8), ("measured+exact", 0.8)}
