@@ -13,6 +13,7 @@ import compare  # noqa: E402  pylint: disable=g-import-not-at-top
 import core_paths  # noqa: E402  pylint: disable=g-import-not-at-top
 import deploy  # noqa: E402  pylint: disable=g-import-not-at-top
 import overhead  # noqa: E402  pylint: disable=g-import-not-at-top
+import padding_ab  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 @pytest.mark.slow  # ~80 s: trains five models; the structured rows below run accuracy.py by default
@@ -47,6 +48,16 @@ def test_overhead_benchmark_runs_on_an_edge_model():
   assert results[arch + ("tfmot", "first")] == 1.0 and results[arch + ("tfmot", 2)] == 1.0
   for name in ("dense", "gibbs_unstructured"):
     assert results[arch + (name, "first")] > 0 and results[arch + (name, 2, "ms")] > 0
+
+
+@pytest.mark.slow  # ~80 s: builds and traces MobileNetV2 three times
+def test_padding_benchmark_runs_and_restores_the_limit():
+  from tf_gibbs.core import ranking  # pylint: disable=g-import-not-at-top
+  default = ranking.padded_size(300)
+  runs = padding_ab.main(["--batch_size", "2", "--steps", "2", "--repeats", "1",
+                          "--limits", "4096,1"])
+  assert set(runs[0]) == {"tfmot", "below 4096", "below 1"} and runs[0]["tfmot"][1] == 1.0
+  assert ranking.padded_size(300) == default
 
 
 def test_budget_benchmark_hits_the_target_with_the_exact_correction():
