@@ -103,7 +103,7 @@ def test_padded_selections_equal_numpy_with_ties_and_huge_values(n):
 def test_sizes_that_pad_alike_share_one_compilation_and_large_ones_are_not_padded():
   assert [q_lib.padded_size(n) for n in (1, 2, 3, 288, 512, 513, 16383, 16384, 36864)] == [
       2, 2, 4, 512, 512, 1024, 16384, 16384, 36864]
-  cluster = q_lib._quantile_cluster.xla_cluster  # pylint: disable=protected-access
+  cluster = q_lib._quantile_cluster  # pylint: disable=protected-access
   traces = cluster.experimental_get_tracing_count()
   for shape in [(3, 3, 32), (16, 24), (1, 1, 2, 200), (500,)]:  # 288, 384, 400, 500 → 512
     values = np.random.RandomState(len(shape)).rand(*shape).astype(np.float32)

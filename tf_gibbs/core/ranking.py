@@ -203,8 +203,9 @@ def _pad_with_inf(flat):
   return tf.pad(flat, [[0, padded_size(n) - n]], constant_values=float("inf")), n
 
 
-_quantile_cluster = nested_xla(_quantile)
-_exact_count_cluster = nested_xla(_exact_count_keep_mask)
+# The compiled functions themselves: the callers below already chose the cluster over plain ops.
+_quantile_cluster = nested_xla(_quantile).xla_cluster
+_exact_count_cluster = nested_xla(_exact_count_keep_mask).xla_cluster
 
 
 def quantile(values, fraction):
