@@ -31,11 +31,13 @@ def main(argv=None):
   limits = [int(v) for v in args.limits.split(",")]
   models, first = overhead.first_steps(["tfmot"], arch, args.batch_size, False)
   default = ranking._PADDED_BELOW  # pylint: disable=protected-access
-  for limit in limits:
-    ranking._PADDED_BELOW = limit  # pylint: disable=protected-access  (read when traced)
-    built, seconds = overhead.first_steps([args.mode], arch, args.batch_size, False)
-    models[f"below {limit}"], first[f"below {limit}"] = built[args.mode], seconds[args.mode]
-  ranking._PADDED_BELOW = default  # pylint: disable=protected-access
+  try:
+    for limit in limits:
+      ranking._PADDED_BELOW = limit  # pylint: disable=protected-access  (read when traced)
+      built, seconds = overhead.first_steps([args.mode], arch, args.batch_size, False)
+      models[f"below {limit}"], first[f"below {limit}"] = built[args.mode], seconds[args.mode]
+  finally:
+    ranking._PADDED_BELOW = default  # pylint: disable=protected-access
   print(f"{args.model} {args.input_size}x{args.input_size}, batch {args.batch_size}, {args.mode}, "
         "padded below each limit; first step (s, in build order): "
         + ", ".join(f"{name} {t:.1f}" for name, t in first.items()))
