@@ -161,3 +161,54 @@ def test_group_penalty_is_the_sum_of_the_layer_penalties_with_per_layer_gradient
                                rtol=1e-5)
     assert np.abs(plain).sum() > 0
   assert float(l0.group_penalty(params, targets, mus, 100, coefficients, **kwargs)) == 0.0
+
+
+@pytest.mark.parametrize("budget", [None, 0.5])
+@pytest.mark.parametrize("noisy", [False, True])
+def test_training_step_phases_weight_mask_and_gradients(budget, noisy):
+  """Before begin_step the kernel passes unchanged (mask of ones, no gate gradient); while live
+  it is kernel · z with mask 1[ẑ > 0]; at end_step (budget) the targeted gates close; after it
+  the kernel is kernel ⊙ frozen mask. Values and gradients exactly, phase by phase."""
+  from tf_gibbs.schedule import L0Schedule
+  rng = np.random.default_rng(3)
+  schedule = L0Schedule(target_sparsity=budget, begin_step=2, end_step=6, frequency=1)
+  weight = tf.constant(rng.normal(size=(3, 4)), tf.float32)
+  view, groups = (3, 4), (1, 4)   # one gate per output column
+  parameter = tf.constant(rng.normal(size=groups) * 0.3, tf.float32)
+  mask = tf.constant((rng.random((3, 4)) > 0.3), tf.float32)
+  targets = tf.constant([[0.0, 1.0, 0.0, 1.0]]) if budget else tf.zeros([])
+  noise = l0.gate_noise(groups, tf.constant([1, 2], tf.int64)) if noisy else None
+
+  for step in [0, 1, 3, 6, 9]:
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch([weight, parameter])
+      effective, new_mask, new_targets, _ = l0.training_step(
+          weight, mask, parameter, targets, tf.constant(0.0), tf.constant(step, tf.int64), noise,
+          schedule=schedule, view=view, scale=2.0, temperature=l0.TEMPERATURE)
+      loss = tf.reduce_sum(effective * tf.reshape(tf.range(12, dtype=tf.float32), (3, 4)))
+    d_weight = tape.gradient(loss, weight)
+    d_parameter = tape.gradient(loss, parameter)
+    upstream = np.arange(12, dtype=np.float32).reshape(3, 4)
+    log_alpha = 2.0 * parameter
+    deterministic = l0.deterministic_gate(log_alpha).numpy()
+    if step < 2:
+      np.testing.assert_array_equal(effective, weight)
+      np.testing.assert_array_equal(new_mask, np.ones((3, 4)))
+      np.testing.assert_array_equal(d_weight, upstream)
+      assert d_parameter is None or not np.any(d_parameter)
+    elif step < 6:
+      gates = (l0.hard_concrete(log_alpha, noise) if noisy else
+               l0.deterministic_gate(log_alpha)).numpy()
+      np.testing.assert_array_equal(effective, weight.numpy() * gates)
+      np.testing.assert_array_equal(new_mask, np.broadcast_to(deterministic, (3, 4)))
+      np.testing.assert_array_equal(d_weight, upstream * gates)
+      assert np.any(d_parameter)
+    else:
+      frozen = mask.numpy()
+      if budget and step == 6:
+        frozen = frozen * (1.0 - np.broadcast_to(new_targets.numpy(), (3, 4)))
+        assert 0 < np.sum(new_targets) < 4
+      np.testing.assert_array_equal(effective, weight.numpy() * frozen)
+      np.testing.assert_array_equal(new_mask, frozen)
+      np.testing.assert_array_equal(d_weight, upstream * frozen)
+      assert d_parameter is None or not np.any(d_parameter)

@@ -273,26 +273,19 @@ def training_step(weight, mask, parameter, targets, log_factor, step, noise, *, 
     log_factor = tf.where(tf.logical_and(should_prune, tf.logical_not(finished)), factor,
                           log_factor)
 
-  # The phase as scalar conds instead of full-size tf.where selects and their gradients, with
-  # the common one (gates live) first, so that a training step runs one cond: on CPU each
-  # executed cond costs about as much as a layer's gating. The live branch only combines
-  # tensors computed above (a branch's own intermediates are zero-filled for the gradient in
-  # the other phases).
-  def gated():
-    return tf.reshape(weight_view * gates, shape), full(tf.stop_gradient(deterministic))
-
-  def ungated():
-    return tf.identity(weight), tf.ones_like(mask)
-
-  def fine_tuned():
-    frozen = mask
-    if schedule.has_budget:  # at the end step the targeted gates still open close
-      frozen = tf.where(step == schedule.end_step, mask * (1.0 - full(targets)), mask)
-    return weight * frozen, frozen
-
+  # The phase as three scalar 0/1 factors that blend the three possible multipliers (exactly:
+  # one factor is 1, the others 0, and every multiplier is finite), instead of conds: on CPU
+  # an executed cond and its gradient cost more than a small layer's gating.
   live = tf.logical_and(should_prune, tf.logical_not(finished))
-  effective, new_mask = tf.cond(
-      live, gated, lambda: tf.cond(finished, fine_tuned, ungated))
+  is_live = tf.cast(live, gates.dtype)
+  is_finished = tf.cast(finished, gates.dtype)
+  is_off = (1.0 - is_live) * (1.0 - is_finished)
+  frozen = mask
+  if schedule.has_budget:  # at the end step the targeted gates still open close
+    frozen = mask * (1.0 - full(targets) * tf.cast(step == schedule.end_step, mask.dtype))
+  multiplier = (is_live * gates + tf.reshape(is_finished * frozen + is_off, view))
+  effective = tf.reshape(weight_view * multiplier, shape)
+  new_mask = is_live * full(tf.stop_gradient(deterministic)) + is_finished * frozen + is_off
   return effective, new_mask, targets, log_factor
 
 
