@@ -92,8 +92,17 @@ def test_sample_test_mode_is_stochastic():
   assert any((o != outs[0]).any() for o in outs[1:])
 
 
-def test_training_without_the_step_callback_fails_with_a_clear_message():
+def test_fit_without_the_step_callback_fails_before_tracing_with_a_clear_message():
   model = compile_model(tf_gibbs.prune_gibbs(small_cnn()))
+  x, y = random_data(16)
+  with pytest.raises(ValueError, match=r"add `tf_gibbs.UpdatePruningStep\(\)`"):
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[keras.callbacks.History()])
+  assert model.train_function is None  # raised before Keras traced the train step
+
+
+def test_a_plain_model_holding_wrappers_fails_in_the_step_with_a_clear_message():
+  layer = tf_gibbs.prune_gibbs(keras.layers.Dense(10), tf_gibbs.GibbsSchedule(0.5))
+  model = compile_model(keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), layer]))
   x, y = random_data(16)
   with pytest.raises(tf.errors.InvalidArgumentError, match="UpdatePruningStep"):
     model.fit(x, y, epochs=1, verbose=0)

@@ -62,6 +62,19 @@ def test_tf_gibbs_strip_is_exact_before_the_schedule_ends_and_does_not_touch_the
     assert (after != 0).all()  # the training variable is still raw
 
 
+def test_strip_before_training_says_plainly_that_nothing_was_pruned_yet():
+  schedule = tf_gibbs.GibbsSchedule(TARGET, begin_step=0, end_step=100)
+  model = compile_model(tf_gibbs.prune_gibbs(small_cnn(), schedule, skip="conv1"))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    tf_gibbs.strip_pruning(model)
+  messages = [str(w.message) for w in caught]
+  assert len(messages) == 1, messages
+  assert "nothing has been pruned yet" in messages[0]
+  assert all(name in messages[0] for name in ("conv2", "dense1", "logits"))
+  assert "UpdatePruningStep" in messages[0]
+
+
 def test_strip_a_single_wrapper():
   wrapper = tf_gibbs.prune_gibbs(keras.layers.Dense(8), tf_gibbs.GibbsSchedule(0.5, end_step=0))
   x = tf.constant(np.random.RandomState(0).randn(4, 6).astype("float32"))

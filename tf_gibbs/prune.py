@@ -8,6 +8,7 @@ import warnings
 
 import tensorflow as tf
 
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_callbacks
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 import uuid
@@ -27,6 +28,7 @@ from tf_gibbs.schedule import GibbsSchedule
 from tf_gibbs.schedule import L0Schedule
 from tf_gibbs.schedule import check_bool
 from tf_gibbs.schedule import check_number
+from tf_gibbs.schedule import strip_warning
 
 
 # --- model classes that make load_model import tf_gibbs -----------------------------------------
@@ -41,8 +43,29 @@ from tf_gibbs.schedule import check_number
 # read. (.h5 records classes by name only: there the error names TfGibbsPruned...)
 
 
+class _ChecksStepCallback:
+  """``fit`` raises at once, before Keras traces the train step, when the model's wrappers
+  have no step counter yet (−1) and no ``UpdatePruningStep`` is among the callbacks (the
+  in-step assertion would otherwise fail deep inside Keras' traceback)."""
+
+  def fit(self, *args, **kwargs):
+    callbacks = kwargs["callbacks"] if "callbacks" in kwargs else (
+        args[5] if len(args) > 5 else None)
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+      callbacks = callbacks.callbacks
+    has_step_callback = any(isinstance(c, pruning_callbacks.UpdatePruningStep)
+                            for c in callbacks or [])
+    if not has_step_callback:
+      waiting = [layer.layer.name for layer in walk_layers(self)
+                 if isinstance(layer, wrapper_lib.PruningWrapper) and layer.built
+                 and int(keras.backend.get_value(layer.pruning_step)) < 0]
+      if waiting:
+        raise ValueError(f"{wrapper_lib.STEP_ERROR} (wrapped layers: {waiting})")
+    return super().fit(*args, **kwargs)
+
+
 @keras.utils.register_keras_serializable(package="tf_gibbs")
-class TfGibbsPrunedSequential(keras.Sequential):
+class TfGibbsPrunedSequential(_ChecksStepCallback, keras.Sequential):
   """A tf_keras ``Sequential`` model that holds tf_gibbs wrappers (behaviour unchanged; its class
   makes ``load_model`` import tf_gibbs)."""
 
@@ -53,7 +76,7 @@ def _functional_class():
 
 
 @keras.utils.register_keras_serializable(package="tf_gibbs")
-class TfGibbsPrunedFunctional(_functional_class()):
+class TfGibbsPrunedFunctional(_ChecksStepCallback, _functional_class()):
   """A tf_keras functional model that holds tf_gibbs wrappers (behaviour unchanged; its class
   makes ``load_model`` import tf_gibbs)."""
 
@@ -526,14 +549,15 @@ def strip_pruning(model):
         "with plain layers and copy the weights from `tf_gibbs.strip_pruning(wrapper)` of each "
         "wrapped layer, or define it as a functional model.")
 
-  pending = []
-  unfinished = []
+  pending, untrained, unfinished = [], [], []
 
   def strip(layer):
     if isinstance(layer, keras.Model):
       return keras.models.clone_model(layer, input_tensors=None, clone_function=strip)
     if isinstance(layer, wrapper_lib.PruningWrapper):
-      if not bool(layer.schedule_finished()):
+      if int(keras.backend.get_value(layer.pruning_step)) <= 0:
+        untrained.append(layer.name)
+      elif not bool(layer.schedule_finished()):
         unfinished.append(layer.name)
       return _stripped_copy(layer, pending)
     if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
@@ -547,9 +571,9 @@ def strip_pruning(model):
       keras.models.clone_model(model, input_tensors=None, clone_function=strip))
   for copy, values in pending:
     copy.set_weights(values)
-  if unfinished:
-    warnings.warn(f"strip_pruning: the schedule of {unfinished} has not reached its end step; "
-                  "their masks use the sparsity of the current step.", stacklevel=2)
+  message = strip_warning(untrained, unfinished)
+  if message:
+    warnings.warn(message, stacklevel=2)
   return stripped
 
 

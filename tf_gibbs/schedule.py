@@ -98,6 +98,23 @@ def check_number(value, argument, low=None, low_inclusive=True, high=None, high_
   return value
 
 
+def strip_warning(untrained, unfinished):
+  """The warning of ``strip_pruning`` (both Kerases) for wrappers that have taken no training
+  step (``untrained``) or whose schedule has not reached its end step (``unfinished``), or
+  None."""
+  lines = []
+  if untrained:
+    lines.append(
+        f"strip_pruning: nothing has been pruned yet: {untrained} have not taken a training "
+        "step. Train the pruned model first (on tf_keras: `fit(..., "
+        "callbacks=[tf_gibbs.UpdatePruningStep()])`); the stripped layers keep the masks of "
+        "step 0.")
+  if unfinished:
+    lines.append(f"strip_pruning: the schedule of {unfinished} has not reached its end step; "
+                 "their masks use the sparsity of the current step.")
+  return "\n".join(lines) or None
+
+
 class _StepSchedule(pruning_schedule.PruningSchedule):
   """What tf_gibbs' schedules share: tfmot's ``(should_prune, sparsity)`` call from
   ``begin_step`` on, a config made of the attributes named in ``CONFIG_KEYS``, and a repr."""

@@ -43,7 +43,7 @@ PRUNABLE_WEIGHTS = {
 }
 
 _ONLY_FIRST = tf.VariableAggregation.ONLY_FIRST_REPLICA
-_STEP_ERROR = (
+STEP_ERROR = (
     "tf_gibbs wrappers count training steps: add `tf_gibbs.UpdatePruningStep()` (or "
     "`tfmot.sparsity.keras.UpdatePruningStep()`) to the callbacks of `fit`, or set "
     "`pruning_step` to 0 before a custom training loop.")
@@ -305,7 +305,7 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     def new_step():
       step = self.pruning_step.assign_add(1)
       # One Assert op (assert_greater_equal builds nine per layer, run at every step).
-      check = tf.debugging.Assert(step >= 1, [_STEP_ERROR])
+      check = tf.debugging.Assert(step >= 1, [STEP_ERROR])
       # A NaN or Inf weight, threshold, gate or controller state would silently corrupt
       # quantiles, energies, masks and stripped kernels. Checked on stop_gradient copies:
       # CheckNumerics' gradient is a second CheckNumerics, of the gradient, which would cost

@@ -336,6 +336,17 @@ def test_cap_warning_names_the_layer():
   assert any("'tiny'" in str(w.message) and "capped" in str(w.message) for w in caught)
 
 
+def test_strip_before_training_says_plainly_that_nothing_was_pruned_yet():
+  pruned = METHODS["gibbs-unstructured"](small_model())
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    tf_gibbs.strip_pruning(pruned)
+  messages = [str(w.message) for w in caught if "strip_pruning" in str(w.message)]
+  assert len(messages) == 1, messages
+  assert "nothing has been pruned yet" in messages[0]
+  assert "has not reached its end step" not in messages[0]
+
+
 def test_strip_of_a_layer_and_of_an_unfinished_schedule_warns():
   pruned = METHODS["gibbs-unstructured"](small_model())
   _fit(pruned, epochs=1)  # 4 of 6 steps

@@ -11,6 +11,7 @@ import warnings
 import keras
 
 from tf_gibbs.keras3 import wrapper as wrapper_lib
+from tf_gibbs.schedule import strip_warning
 
 _SKIPPED = "skipped (`skip`)"
 
@@ -156,13 +157,15 @@ def strip_pruning(model):
         f"strip_pruning cannot clone the subclassed model {type(model).__name__}. Rebuild it "
         "with plain layers and copy the weights from `tf_gibbs.strip_pruning(wrapper)` of each "
         "wrapped layer, or define it as a functional model.")
-  pending, copies, unfinished = [], [], []
+  pending, copies, untrained, unfinished = [], [], [], []
 
   def strip(layer):
     if isinstance(layer, keras.Model):
       return _clone(layer, strip)
     if isinstance(layer, wrapper_lib.PruningWrapper):
-      if not bool(keras.ops.convert_to_numpy(layer.schedule_finished())):
+      if int(keras.ops.convert_to_numpy(layer.pruning_step.value)) <= 0:
+        untrained.append(layer.name)
+      elif not bool(keras.ops.convert_to_numpy(layer.schedule_finished())):
         unfinished.append(layer.name)
       copy, values = _stripped_layer(layer)
       pending.append((copy, values))
@@ -173,7 +176,7 @@ def strip_pruning(model):
   _set_copied_weights(copies)
   for copy, values in pending:
     copy.set_weights(values)
-  if unfinished:
-    warnings.warn(f"strip_pruning: the schedule of {unfinished} has not reached its end step; "
-                  "their masks use the sparsity of the current step.", stacklevel=3)
+  message = strip_warning(untrained, unfinished)
+  if message:
+    warnings.warn(message, stacklevel=3)
   return stripped
