@@ -1,5 +1,10 @@
 """Bad input fails early with an error that names the argument and what is accepted."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras as keras3  # Keras 3, installed with TensorFlow
 import numpy as np
 import pytest
@@ -320,3 +325,30 @@ def test_export_to_a_directory_fails_before_converting(tmp_path, monkeypatch):
                       lambda *a: pytest.fail("converted before checking the path"))
   with pytest.raises(ValueError, match="`path`.*is a directory"):
     tf_gibbs.export_tflite(small_cnn(), tmp_path)
+
+
+def test_tf_keras_used_before_import_tf_gibbs_gets_an_error_naming_the_import_order():
+  """``tf.keras`` used before ``import tf_gibbs`` stays Keras 3 in that process: the wrapper
+  classes of the tf_keras front refuse its layers with an error that names the import order."""
+  script = textwrap.dedent("""
+      import tensorflow as tf
+      layer = tf.keras.layers.Dense(2)   # tf.keras resolves to Keras 3 here
+      import tf_gibbs
+      try:
+        tf_gibbs.GibbsPruning(tf.keras.layers.Dense(2))
+      except TypeError as error:
+        print("MESSAGE:", error)
+      """)
+  # A fresh user's process: tfmot set TF_USE_LEGACY_KERAS in this one.
+  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+  env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env=env, check=True)
+  assert "MESSAGE:" in result.stdout, result.stderr[-2000:]
+  assert "Import tf_gibbs before the first use of `tf.keras`" in result.stdout
+
+
+def test_the_import_order_hint_is_absent_when_tf_keras_is_tf_keras():
+  with pytest.raises(TypeError) as caught:
+    tf_gibbs.GibbsPruning(keras3.layers.Dense(2))
+  assert "import tf_gibbs" not in str(caught.value)

@@ -27,6 +27,23 @@ def is_keras3_object(obj):
   return False
 
 
+def import_order_hint():
+  """A sentence for errors about a Keras 3 object where tf_keras was expected, when ``tf.keras``
+  is Keras 3 in this process although tfmot set ``TF_USE_LEGACY_KERAS``: ``tf.keras`` was used
+  before ``import tf_gibbs``. Empty otherwise."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    module = tf.keras.layers.Dense.__module__ or ""
+  except AttributeError:
+    return ""
+  if module == "keras" or module.startswith("keras."):
+    return (" In this process `tf.keras` is Keras 3, not tf_keras: it was used before "
+            "`import tf_gibbs` (which, through tfmot, sets TF_USE_LEGACY_KERAS=1 for tf.keras). "
+            "Import tf_gibbs before the first use of `tf.keras`, or build the model with "
+            "`import tf_keras as keras`.")
+  return ""
+
+
 def targets_keras3(obj, argument="to_prune"):
   """True if ``obj`` (a layer, a model, or a list of them) is Keras 3, False if tf_keras.
 
@@ -37,7 +54,8 @@ def targets_keras3(obj, argument="to_prune"):
   if len(kinds) > 1:
     raise TypeError(
         f"`{argument}` mixes Keras 3 objects (`import keras`) and tf_keras objects "
-        "(`import tf_keras`); a model is built with one Keras. Use the same Keras for all.")
+        "(`import tf_keras`); a model is built with one Keras. Use the same Keras for all."
+        + import_order_hint())
   return kinds == {True}
 
 
@@ -46,7 +64,7 @@ def check_not_keras3(obj, argument):
   if is_keras3_object(obj):
     raise TypeError(
         f"`{argument}` is a Keras 3 object ({type(obj).__module__}.{type(obj).__name__}). "
-        + _KERAS3_HELP)
+        + _KERAS3_HELP + import_order_hint())
 
 
 def is_graph_model(model):
