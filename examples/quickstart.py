@@ -91,7 +91,9 @@ def main(argv=None):
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out_dir", default="quickstart_out")
-  parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity")
+  parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2,
+                      help="Keras fit output: 2 one line per epoch (default), 1 a progress "
+                           "bar, 0 none")
   parser.add_argument("--keras", choices=["2", "3"], default="2",
                       help="2: tf_keras + tfmot (default); 3: Keras 3 (`import keras`)")
   parser.add_argument("--backend", choices=BACKENDS, default=None,
@@ -138,39 +140,44 @@ def run(args, keras, callbacks, label, backend):  # pylint: disable=redefined-ou
              verbose=args.verbose, callbacks=callbacks)
   wrapped_acc = accuracy(pruned, x_test, y_test)
 
-  print("== Strip, shrink, export to LiteRT, check LiteRT against Keras")
-  stripped = tf_gibbs.strip_pruning(pruned)      # plain layers, exact zeros
-  shrunk, shrink_report = tf_gibbs.shrink(stripped)   # whole zero filters/units removed
+  print("== Strip: the wrappers become plain layers with exact zeros (strip_pruning)")
+  stripped = tf_gibbs.strip_pruning(pruned)
+  print("== Shrink: whole zero filters and units removed (shrink)")
+  shrunk, shrink_report = tf_gibbs.shrink(stripped)
+  removed = {n: e for n, e in shrink_report["layers"].items() if e["after"] < e["before"]}
+  print("   removed: " + (", ".join(f"{n} {e['before']} -> {e['after']}"
+                                     for n, e in removed.items()) or "no whole filter"))
   pruned_acc = accuracy(shrunk, x_test, y_test)
+  keras_out = stripped.predict(x_test, verbose=0)
+  shrunk_diff = float(np.max(np.abs(shrunk.predict(x_test, verbose=0) - keras_out)))
 
+  print(f"== Export: sparse TFLite files (export_tflite) in {args.out_dir}/")
   _, dense_keras_gz, dense_tflite_gz = save_keras_and_tflite(dense, args.out_dir, "dense",
                                                              keras=keras)
   pruned_tflite, pruned_keras_gz, pruned_tflite_gz = save_keras_and_tflite(
       shrunk, args.out_dir, "pruned", keras=keras)
-  keras_out = stripped.predict(x_test, verbose=0)
-  shrunk_diff = float(np.max(np.abs(shrunk.predict(x_test, verbose=0) - keras_out)))
+
+  print("== LiteRT check: the pruned TFLite file must predict what Keras predicts (run_tflite)")
   litert_out = tf_gibbs.run_tflite(pruned_tflite, x_test)
   max_diff = float(np.max(np.abs(keras_out - litert_out)))
   litert_acc = float(np.mean(np.argmax(litert_out, -1) == y_test))
   if not np.allclose(litert_out, keras_out, rtol=1e-4, atol=1e-4):
     raise SystemExit(f"LiteRT predictions differ from Keras (max |diff| = {max_diff:.2e})")
+  print(f"   max |Keras - LiteRT| = {max_diff:.2e}; max |shrunk - stripped| = {shrunk_diff:.2e}")
 
-  print(f"\n== Results (test set: {len(y_test)} digits, {label})")
-  print(f"dense accuracy            {dense_acc:.4f}")
-  print(f"pruned accuracy (Keras)   {pruned_acc:.4f}   (wrapped model: {wrapped_acc:.4f})")
-  print(f"pruned accuracy (LiteRT)  {litert_acc:.4f}   max |Keras - LiteRT| = {max_diff:.2e}, "
-        f"max |shrunk - stripped| = {shrunk_diff:.2e}")
-  print()
+  print("\n== Sparsity report (stripped model)")
   report = tf_gibbs.sparsity_report(stripped, plot=os.path.join(args.out_dir, "sparsity.png"))
-  removed = {n: e for n, e in shrink_report["layers"].items() if e["after"] < e["before"]}
-  print("shrink removed: " + (", ".join(f"{n} {e['before']} -> {e['after']}"
-                                        for n, e in removed.items()) or "no whole filter"))
-  print("\ngzipped sizes     dense      pruned    ratio")
-  print(f"Keras (.keras)  {dense_keras_gz:>8} B {pruned_keras_gz:>8} B   "
-        f"{pruned_keras_gz / dense_keras_gz:.3f}")
-  print(f"TFLite          {dense_tflite_gz:>8} B {pruned_tflite_gz:>8} B   "
-        f"{pruned_tflite_gz / dense_tflite_gz:.3f}")
-  print(f"\nfiles in {args.out_dir}/ ; total time {time.time() - start:.0f} s")
+  total = report["total"]
+  print(f"\n== Summary ({label}; digits test set, {len(y_test)} images)")
+  print(f"Gibbs pruning to {args.sparsity:.0%}, {args.epochs} epochs, seed {args.seed}")
+  print(f"accuracy   dense {dense_acc:.4f} | pruned {pruned_acc:.4f} (Keras) "
+        f"{litert_acc:.4f} (LiteRT) | wrapped {wrapped_acc:.4f}")
+  print(f"sparsity   {total['sparsity']:.4f} of the prunable weights are zero")
+  print(f"gzipped    .keras {dense_keras_gz} B -> {pruned_keras_gz} B "
+        f"({pruned_keras_gz / dense_keras_gz:.3f}) | TFLite {dense_tflite_gz} B -> "
+        f"{pruned_tflite_gz} B ({pruned_tflite_gz / dense_tflite_gz:.3f})")
+  print(f"LiteRT     max |Keras - LiteRT| = {max_diff:.1e} (checked: rtol = atol = 1e-4)")
+  print(f"time       {time.time() - start:.0f} s; files in {args.out_dir}/")
   return {
       "backend": backend, "dense_accuracy": dense_acc, "pruned_accuracy": pruned_acc,
       "litert_accuracy": litert_acc, "wrapped_accuracy": wrapped_acc,

@@ -1,6 +1,7 @@
 """The main job (examples/quickstart.py) runs end to end offline."""
 
 import os
+import re
 import sys
 
 import pytest
@@ -19,9 +20,19 @@ def _check(result):
   assert pruned_gz < 0.3 * dense_gz
 
 
-def test_quickstart_short_run(tmp_path):
-  _check(quickstart.main(["--epochs", "2", "--verbose", "0", "--out_dir", str(tmp_path)]))
+def test_quickstart_short_run(tmp_path, capsys):
+  _check(quickstart.main(["--epochs", "2", "--out_dir", str(tmp_path)]))
   assert (tmp_path / "pruned.tflite").exists() and (tmp_path / "sparsity.png").exists()
+  out = capsys.readouterr().out
+  # By default one line per epoch (Keras' verbose=2), a line before each stage, a summary.
+  assert len(re.findall(r"^Epoch \d+/2$", out, re.M)) == 4  # dense and pruned runs
+  assert len(re.findall(r"^\d+/\d+ - \d+s - loss", out, re.M)) == 4
+  stages = ["== Strip", "== Shrink", "== Export", "== LiteRT check", "== Summary"]
+  positions = [out.index(stage) for stage in stages]
+  assert positions == sorted(positions)
+  summary = out[positions[-1]:]
+  for line in ("accuracy ", "sparsity ", "gzipped ", "LiteRT ", "time "):
+    assert re.search("^" + line, summary, re.M), line
 
 
 @pytest.mark.slow
