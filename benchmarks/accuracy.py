@@ -47,15 +47,7 @@ from quickstart import load_digits  # noqa: E402  pylint: disable=g-import-not-a
 import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-class MagnitudeGroupPruning(tf_gibbs.GibbsPruning):
-  """Baseline: at every step prune the whole groups (kernels or filters) of smallest Σw², at the
-  schedule's sparsity, deterministically (no sampling, β unused); pruned weights get no gradient
-  and can come back, as with Gibbs. The structured magnitude baseline of issue #3."""
-
-  def training_weight(self, weight, step):
-    mask = self.deterministic_mask(weight, step)
-    self.mask.assign(mask)
-    return weight * mask
+MagnitudeGroupPruning = recipes.MagnitudeGroupPruning
 
 
 def _magnitude(model, method, schedule, seed):

@@ -42,12 +42,17 @@ import tf_keras as keras  # noqa: E402
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
 sys.path.insert(0, EXAMPLES)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import deploy  # noqa: E402  pylint: disable=g-import-not-at-top
 import cifar10_resnet  # noqa: E402  pylint: disable=g-import-not-at-top
 import models  # noqa: E402  pylint: disable=g-import-not-at-top
 import quickstart  # noqa: E402  pylint: disable=g-import-not-at-top
 import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
 
-DEFAULT_METHODS = "tfmot,gibbs,gibbs_kernel,gibbs_filter,l0,adaptive"
+DEFAULT_METHODS = ("tfmot,tfmot_spared,gibbs,gibbs_kernel,magnitude_kernel,gibbs_filter,"
+                   "magnitude_filter,l0,adaptive")
+SPARED = "tfmot_spared"  # tfmot, sparing the layers the adaptive loss leaves dense
+MIN_WEIGHTS = 1000  # prune_adaptive's default min_weights
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
 
 
@@ -76,31 +81,59 @@ def cifar10_setup(args):
   return train, test, steps, lambda: models.resnet(20, weight_decay=1e-4), recipe, ()
 
 
+def _parse(name):
+  return recipes.parse_variant("tfmot" if name == SPARED else name)
+
+
+def _spared(model):
+  """The layers ``prune_adaptive`` leaves dense by its ``min_weights`` rule."""
+  return tuple(layer.name for layer in model.layers
+               if isinstance(layer, recipes.PRUNED_TYPES) and layer.count_params() < MIN_WEIGHTS)
+
+
 def run_all(args):
   """Trains every (method, target, seed); returns the list of result dicts."""
   train, test, steps, make_model, recipe_args, structured_skip = (
       digits_setup if args.dataset == "digits" else cifar10_setup)(args)
-  variants = [recipes.parse_variant(v) for v in args.methods.split(",") if v]
+  names = [v for v in args.methods.split(",") if v]
   sparsities = [float(s) for s in args.sparsities.split(",") if s]
   seeds = [int(s) for s in args.seeds.split(",")]
   runs = []
-  jobs = [("dense", None, 0.0)] + [(m, s, p) for p in sparsities for m, s in variants]
-  for method, structure, sparsity in jobs:
+  jobs = [("dense", None, 0.0, "dense")] + [
+      (*_parse(name), p, name) for p in sparsities for name in names]
+  for method, structure, sparsity, name in jobs:
     for seed in seeds:
       keras.utils.set_random_seed(seed)
       skip = tuple(recipe_args.get("skip", ()))
       if recipes.is_structured(method, structure):
         skip += structured_skip
+      model = make_model()
+      if name == SPARED:
+        skip += _spared(model)
       recipe = recipes.Recipe(**{**recipe_args, "skip": skip}, method=method,
                               structure=structure, sparsity=sparsity, seed=seed, verbose=0,
                               report=False)
-      result = recipes.run(recipe, make_model(), train, test, steps)
+      result = recipes.run(recipe, model, train, test, steps)
+      result["variant"] = name
       runs.append(result)
-      print(f"  {result['variant']:<14} target {sparsity:.2f} seed {seed}: measured "
+      print(f"  {result['variant']:<16} target {sparsity:.2f} seed {seed}: measured "
             f"{result['sparsity']:.4f}, accuracy {100 * result['accuracy']:.2f} %, step "
             f"{result['step_ms']:.2f} ms, TFLite {result['tflite_gzip_bytes'] / 1024:.1f} KiB "
             f"gzipped ({result['train_seconds']:.0f} s)", flush=True)
-  return runs
+  return runs, next(iter(test))[0].numpy()
+
+
+def measure_latency(runs, images, rounds):
+  """LiteRT latency (ms, batch 1, 1 thread, XNNPACK) of every run of the first seed, measured
+  interleaved in one pass after all training (so that training does not disturb it); the
+  other seeds' runs get the latency of their (method, target)."""
+  first = min(r["seed"] for r in runs)
+  measured = [r for r in runs if r["seed"] == first]
+  times = deploy.latencies([r["tflite"] for r in measured], images, runs=rounds * 10,
+                           threads=1, rounds=rounds)
+  by_key = {(r["variant"], r["target"]): t for r, t in zip(measured, times)}
+  for r in runs:
+    r["latency_ms"] = by_key.get((r["variant"], r["target"]))
 
 
 def summarize(runs):
@@ -121,6 +154,7 @@ def summarize(runs):
         "step_ratio": float(np.mean(ratios)) if ratios else None,
         "step_ms": float(np.mean([r["step_ms"] for r in group])),
         "tflite_kib": float(np.mean([r["tflite_gzip_bytes"] for r in group])) / 1024,
+        "latency_ms": group[0].get("latency_ms"),
         "runs": len(group)})
   return table
 
@@ -160,40 +194,76 @@ def write_markdown(table, path, args, seconds):
         "fractions of kernels (`gibbs_kernel`: convolutions only, the Dense layers that hold "
         "most weights stay dense) or filters and units (`gibbs_filter`: not the classifier).",
         ""]
+  dense_latency = next((r["latency_ms"] for r in table if r["method"] == "dense"), None)
   lines += [
+      "`tfmot_spared`: tfmot with the layers the adaptive loss leaves dense by its `min_weights` "
+      "rule spared too, so that it compares like for like with `adaptive`. `magnitude_kernel` / "
+      "`magnitude_filter`: the structured baselines, pruning at every step the whole kernels / "
+      "filters of smallest Σw² at the same ramped sparsity as Gibbs. LiteRT latency: the "
+      "deployed TFLite file, batch 1, 1 thread, XNNPACK, median of interleaved invocations "
+      "after all training (first seed's file).", "",
       "| method | target | measured sparsity | accuracy (%) | step ratio to tfmot | "
-      "TFLite gzip (KiB) | runs |",
-      "| --- | --- | --- | --- | --- | --- | --- |"]
+      "TFLite gzip (KiB) | LiteRT latency (µs) | latency / dense | runs |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for row in sorted(table, key=lambda r: (r["target"], r["method"] != "tfmot", r["method"])):
     ratio = "—" if row["step_ratio"] is None else f"{row['step_ratio']:.2f}"
+    latency = row.get("latency_ms")
+    latency_text = "—" if latency is None else f"{1e3 * latency:.1f}"
+    relative = ("—" if latency is None or not dense_latency
+                else f"{latency / dense_latency:.2f}")
     lines.append(f"| {row['method']} | {row['target']:.2f} | {row['measured']:.4f} | "
                  f"{100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f} | {ratio} "
-                 f"| {row['tflite_kib']:.1f} | {row['runs']} |")
+                 f"| {row['tflite_kib']:.1f} | {latency_text} | {relative} | {row['runs']} |")
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
 
 
 def write_plot(table, path, title):
+  """Accuracy against measured sparsity, gzipped TFLite size (log axis) and LiteRT latency.
+  The accuracy axis spans the dense accuracy − 15 points: a point below is drawn on the lower
+  edge as a down-pointing triangle, labelled with its value, instead of stretching the axis."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for name in dict.fromkeys(r["method"] for r in table):
-    rows = sorted((r for r in table if r["method"] == name), key=lambda r: r["measured"])
-    x = [r["measured"] for r in rows]
-    y = [100 * r["accuracy_mean"] for r in rows]
-    err = [100 * r["accuracy_std"] for r in rows]
-    if name == "dense":
-      ax.axhline(y[0], color="black", linestyle="--", linewidth=1, label="dense")
-    else:
-      ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
-  ax.set_xlabel("measured sparsity (zero fraction of all kernels)")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  dense = next((r for r in table if r["method"] == "dense"), None)
+  top = 100 * max(r["accuracy_mean"] for r in table) + 1
+  bottom = (100 * dense["accuracy_mean"] if dense else top) - 15
+  panels = [("measured", "measured sparsity (zero fraction of all kernels)", False),
+            ("tflite_kib", "gzipped TFLite file (KiB, log)", True),
+            ("latency_ms", "LiteRT latency (ms, batch 1, 1 thread)", False)]
+  fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  methods = [m for m in dict.fromkeys(r["method"] for r in table) if m != "dense"]
+  for ax, (key, label, log) in zip(axes, panels):
+    for i, name in enumerate(methods):
+      rows = sorted((r for r in table if r["method"] == name and r.get(key) is not None),
+                    key=lambda r: r["target"])
+      if not rows:
+        continue
+      x = np.array([r[key] for r in rows])
+      y = np.array([100 * r["accuracy_mean"] for r in rows])
+      err = np.array([100 * r["accuracy_std"] for r in rows])
+      colour = colours[i % len(colours)]
+      inside = y >= bottom
+      ax.errorbar(x[inside], y[inside], yerr=err[inside], marker="o", capsize=3, color=colour,
+                  label=name, linewidth=1)
+      for xv, yv in zip(x[~inside], y[~inside]):
+        ax.plot([xv], [bottom + 0.3], marker="v", color=colour)
+        ax.annotate(f"{yv:.0f}", (xv, bottom + 0.3), textcoords="offset points", xytext=(3, 3),
+                    fontsize=7, color=colour)
+    if dense and dense.get(key) is not None:
+      ax.plot([dense[key]], [100 * dense["accuracy_mean"]], marker="*", markersize=12,
+              color="black", linestyle="none", label="dense")
+    if log:
+      ax.set_xscale("log")
+    ax.set_ylim(bottom, top)
+    ax.set_xlabel(label)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8, loc="lower left")
+  fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
@@ -204,7 +274,9 @@ def main(argv=None):
   parser.add_argument("--methods", default=DEFAULT_METHODS,
                       help="comma-separated: tfmot, gibbs[_kernel|_filter], l0[_kernel|"
                       "_filter], adaptive")
-  parser.add_argument("--sparsities", default="0.5,0.75,0.9,0.95")
+  parser.add_argument("--sparsities", default="0.5,0.75,0.9,0.95,0.98,0.99")
+  parser.add_argument("--latency_rounds", type=int, default=100,
+                      help="interleaved rounds of 10 LiteRT invocations per model")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--epochs", type=int, default=None, help="default 30 digits, 200 cifar10")
   parser.add_argument("--batch_size", type=int, default=None,
@@ -218,11 +290,12 @@ def main(argv=None):
   tf.get_logger().setLevel("ERROR")  # retracing notes: every run builds a new model
   for name in args.methods.split(","):
     if name:
-      recipes.parse_variant(name)  # fails early on an unknown method
+      _parse(name)  # fails early on an unknown method
   output = args.output or os.path.join(
       DOCS, "results" if args.dataset == "digits" else "results_cifar10")
   start = time.time()
-  runs = run_all(args)
+  runs, images = run_all(args)
+  measure_latency(runs, images, args.latency_rounds)
   table = summarize(runs)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   write_markdown(table, output + ".md", args, time.time() - start)

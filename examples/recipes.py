@@ -10,6 +10,7 @@ TFLite file, checks LiteRT against Keras and prints the sparsity report. Used by
 """
 
 import dataclasses
+import functools
 import gzip
 import os
 import time
@@ -22,7 +23,7 @@ import tf_gibbs
 from tf_gibbs import report
 import tf_keras as keras
 
-METHODS = ("dense", "tfmot", "gibbs", "l0", "adaptive")
+METHODS = ("dense", "tfmot", "gibbs", "l0", "adaptive", "magnitude")
 HAMILTONIANS = ("unstructured", "kernel", "filter")
 GRANULARITIES = ("weight", "kernel", "filter", "unit")
 PRUNED_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
@@ -61,6 +62,8 @@ def parse_variant(name):
   elif method == "l0":
     structure = structure or "weight"
     accepted = GRANULARITIES
+  elif method == "magnitude":
+    accepted = ("kernel", "filter")
   else:
     accepted = ("",)
   if structure not in accepted:
@@ -70,7 +73,19 @@ def parse_variant(name):
 
 
 def is_structured(method, structure):
-  return method in ("gibbs", "l0") and structure in ("kernel", "filter", "unit")
+  return method in ("gibbs", "l0", "magnitude") and structure in ("kernel", "filter", "unit")
+
+
+class MagnitudeGroupPruning(tf_gibbs.GibbsPruning):
+  """Baseline: at every step prune the whole groups (kernels or filters) of smallest Σw², at the
+  schedule's sparsity, deterministically (no sampling, β unused); pruned weights get no gradient
+  and can come back, as with Gibbs. The structured magnitude baseline (``magnitude_kernel``,
+  ``magnitude_filter``)."""
+
+  def training_weight(self, weight, step):
+    mask = self.deterministic_mask(weight, step)
+    self.mask.assign(mask)
+    return weight * mask
 
 
 def prune(model, method, sparsity, end_step, structure=None, skip=(), seed=0, options=None):
@@ -119,6 +134,17 @@ def prune(model, method, sparsity, end_step, structure=None, skip=(), seed=0, op
       return tf_gibbs.prune_l0(model, granularity=structure or "weight", mode=options.l0_mode,
                                schedule=schedule, skip=sorted(skip), seed=seed,
                                gate_lr_multiplier=options.l0_gate_lr_multiplier), callbacks
+    if method == "magnitude":
+      from tf_gibbs import prune as prune_lib  # pylint: disable=g-import-not-at-top
+      schedule = tf_gibbs.GibbsSchedule(
+          sparsity, begin_step=0, end_step=end_step,
+          initial_sparsity=0.0 if options.gibbs_sparsity_ramp else None)
+      fits = functools.partial(tf_gibbs.gibbs.layer_misfit,
+                               tf_gibbs.gibbs.make_hamiltonian(structure))
+      return prune_lib.apply_wrappers(
+          model, lambda layer, i: MagnitudeGroupPruning(layer, schedule, hamiltonian=structure,
+                                                        seed=seed + i),
+          skip=sorted(skip), api_name=f"magnitude_{structure}", fits=fits), callbacks
     if method == "adaptive":
       return tf_gibbs.prune_adaptive(model, sparsity, budget=options.adaptive_budget,
                                      end_step=end_step, skip=sorted(skip),
@@ -251,6 +277,7 @@ def run(recipe, model, train_data, test_data, steps_per_epoch, print_fn=print):
       "step_ms": 1e3 * timer.median(skip=steps_per_epoch if recipe.epochs > 1 else 1),
       "train_seconds": train_seconds, "tflite_bytes": len(flatbuffer),
       "tflite_gzip_bytes": gzipped_size(flatbuffer), "tflite_path": tflite_path,
+      "tflite": flatbuffer,
       "max_litert_diff": float(np.abs(litert - keras_out).max()) / scale,
       "params": int(stripped.count_params()), "deployed_params": int(deployed.count_params()),
       "shrink": shrink_report}

@@ -90,12 +90,17 @@ def test_compare_writes_a_table_with_every_method_and_a_plot(tmp_path):
   table = compare.main(["--epochs", "1", "--seeds", "0", "--sparsities", "0.9",
                         "--output", output])
   rows = {row["method"]: row for row in table}
-  assert set(rows) == {"dense", "tfmot", "gibbs", "gibbs_kernel", "gibbs_filter", "l0",
-                       "adaptive"}
+  assert set(rows) == {"dense", "tfmot", "tfmot_spared", "gibbs", "gibbs_kernel",
+                       "magnitude_kernel", "gibbs_filter", "magnitude_filter", "l0", "adaptive"}
   assert rows["tfmot"]["step_ratio"] == 1.0 and rows["dense"]["step_ratio"] is None
   for name in ("tfmot", "gibbs", "l0"):  # every layer pruned to the target (rounded per layer)
     assert abs(rows[name]["measured"] - 0.9) < 1e-4, name
   assert rows["dense"]["measured"] == 0.0
+  # tfmot_spared leaves conv1 (288 weights, below min_weights) dense, as the adaptive loss does.
+  conv1 = 288 / 151_072
+  assert abs(rows["tfmot_spared"]["measured"] - 0.9 * (1 - conv1)) < 1e-3
+  for name, row in rows.items():
+    assert row["latency_ms"] is not None and 0 < row["latency_ms"] < 100, name
   # Filter pruning removes filters: a far smaller file than the dense model's.
   assert rows["gibbs_filter"]["tflite_kib"] < 0.2 * rows["dense"]["tflite_kib"]
   with open(output + ".md", encoding="utf-8") as f:
@@ -108,8 +113,10 @@ def test_compare_writes_a_table_with_every_method_and_a_plot(tmp_path):
 
 
 def test_compare_refuses_an_unknown_method_before_training():
-  with pytest.raises(ValueError, match="Unknown method 'magnitude'"):
-    compare.main(["--methods", "tfmot,magnitude"])
+  with pytest.raises(ValueError, match="Unknown method 'bogus'"):
+    compare.main(["--methods", "tfmot,bogus"])
+  with pytest.raises(ValueError, match="Unknown structure ''"):
+    compare.main(["--methods", "tfmot,magnitude"])  # kernel or filter: it is structured
 
 
 @pytest.mark.slow  # ~75 s (ResNet-20); the CIFAR-10 loader is also run by test_examples
