@@ -127,3 +127,15 @@ def random_biases(model, seed=0):
   for layer in model.layers:
     if getattr(layer, "use_bias", False) and hasattr(layer, "bias"):
       layer.bias.assign(rng.randn(*layer.bias.shape).astype("float32"))
+
+
+def readme_block(marker):
+  """The one ```python block of the README that contains ``marker``, as printed."""
+  import os  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
+  with open(path, encoding="utf-8") as f:
+    blocks = re.findall(r"^```python\n(.*?)^```$", f.read(), re.M | re.S)
+  matching = [block for block in blocks if marker in block]
+  assert len(matching) == 1, f"{len(matching)} README python blocks contain {marker!r}"
+  return matching[0]

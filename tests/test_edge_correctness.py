@@ -267,8 +267,11 @@ def test_open_uniforms_are_uniform():
 
 def test_conventions_are_documented_where_users_read_them():
   import os  # pylint: disable=g-import-not-at-top
-  readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"),
-                encoding="utf-8").read()
-  for text in (tf_gibbs.prune_gibbs.__doc__, tf_gibbs.GibbsPruning.__doc__, readme):
+  root = os.path.join(os.path.dirname(__file__), "..")
+  with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+    assert "docs/methods.md" in f.read()  # the README sends readers to the conventions
+  with open(os.path.join(root, "docs", "methods.md"), encoding="utf-8") as f:
+    methods = f.read()
+  for text in (tf_gibbs.prune_gibbs.__doc__, tf_gibbs.GibbsPruning.__doc__, methods):
     assert "σ(2β(w² − Q_p))" in text and "twice the β" in text  # kernel energy's ±1 spins
     assert "⌊C_in/2⌋·n" in text  # the chromatic sampler's true colour size
