@@ -53,6 +53,7 @@ DEFAULT_METHODS = ("tfmot,tfmot_spared,gibbs,gibbs_kernel,magnitude_kernel,gibbs
                    "magnitude_filter,l0,adaptive")
 SPARED = "tfmot_spared"  # tfmot, sparing the layers the adaptive loss leaves dense
 MIN_WEIGHTS = 1000  # prune_adaptive's default min_weights
+ANALYSIS = "<!-- analysis: kept when compare.py rewrites this file -->"
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
 
 
@@ -214,8 +215,14 @@ def write_markdown(table, path, args, seconds):
     lines.append(f"| {row['method']} | {row['target']:.2f} | {row['measured']:.4f} | "
                  f"{100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f} | {ratio} "
                  f"| {row['tflite_kib']:.1f} | {latency_text} | {relative} | {row['runs']} |")
+  kept = ""  # the hand-written reading of the figures, below ANALYSIS, survives a re-run
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      previous = f.read()
+    if ANALYSIS in previous:
+      kept = "\n" + previous[previous.index(ANALYSIS):]
   with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+    f.write("\n".join(lines) + "\n" + kept)
 
 
 def write_plot(table, path, title):
@@ -230,7 +237,9 @@ def write_plot(table, path, title):
   bottom = (100 * dense["accuracy_mean"] if dense else top) - 15
   panels = [("measured", "measured sparsity (zero fraction of all kernels)", False),
             ("tflite_kib", "gzipped TFLite file (KiB, log)", True),
-            ("latency_ms", "LiteRT latency (ms, batch 1, 1 thread)", False)]
+            ("latency_us", "LiteRT latency (µs, batch 1, 1 thread)", False)]
+  table = [{**r, "latency_us": None if r.get("latency_ms") is None else 1e3 * r["latency_ms"]}
+           for r in table]
   fig, axes = plt.subplots(1, 3, figsize=(17, 5))
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   methods = [m for m in dict.fromkeys(r["method"] for r in table) if m != "dense"]
@@ -249,8 +258,8 @@ def write_plot(table, path, title):
                   label=name, linewidth=1)
       for xv, yv in zip(x[~inside], y[~inside]):
         ax.plot([xv], [bottom + 0.3], marker="v", color=colour)
-        ax.annotate(f"{yv:.0f}", (xv, bottom + 0.3), textcoords="offset points", xytext=(3, 3),
-                    fontsize=7, color=colour)
+        ax.annotate(f"{yv:.0f}", (xv, bottom + 0.3), textcoords="offset points",
+                    xytext=(3, 3 + 9 * (i % 4)), fontsize=7, color=colour)
     if dense and dense.get(key) is not None:
       ax.plot([dense[key]], [100 * dense["accuracy_mean"]], marker="*", markersize=12,
               color="black", linestyle="none", label="dense")

@@ -87,6 +87,8 @@ def test_deploy_benchmark_runs_and_shrunk_models_match():
 @pytest.mark.slow  # ~60 s: trains every method
 def test_compare_writes_a_table_with_every_method_and_a_plot(tmp_path):
   output = str(tmp_path / "results")
+  with open(output + ".md", "w", encoding="utf-8") as f:  # a reading of an earlier run
+    f.write(f"old table\n{compare.ANALYSIS}\nThe reading.\n")
   table = compare.main(["--epochs", "1", "--seeds", "0", "--sparsities", "0.9",
                         "--output", output])
   rows = {row["method"]: row for row in table}
@@ -108,6 +110,7 @@ def test_compare_writes_a_table_with_every_method_and_a_plot(tmp_path):
   for name in rows:
     assert f"| {name} | " in markdown
   assert "python benchmarks/compare.py --epochs 1" in markdown
+  assert "old table" not in markdown and markdown.endswith(f"{compare.ANALYSIS}\nThe reading.\n")
   with open(output + ".png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
