@@ -23,7 +23,8 @@ import tf_gibbs
 from tf_gibbs import report
 import tf_keras as keras
 
-METHODS = ("dense", "tfmot", "gibbs", "l0", "adaptive", "magnitude")
+METHODS = ("dense", "tfmot", "gibbs", "l0", "adaptive")
+BASELINES = ("magnitude",)  # benchmarks only (magnitude_kernel, magnitude_filter): not a flag
 HAMILTONIANS = ("unstructured", "kernel", "filter")
 GRANULARITIES = ("weight", "kernel", "filter", "unit")
 PRUNED_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
@@ -53,9 +54,9 @@ def variant(method, structure=None):
 def parse_variant(name):
   """Inverse of :func:`variant`: ``"l0_filter"`` → ``("l0", "filter")``."""
   method, _, structure = name.partition("_")
-  if method not in METHODS:
-    raise ValueError(f"Unknown method {name!r}; accepted: {', '.join(METHODS)}, optionally "
-                     "with _kernel or _filter (gibbs, l0) or _unit (l0).")
+  if method not in METHODS + BASELINES:
+    raise ValueError(f"Unknown method {name!r}; accepted: {', '.join(METHODS + BASELINES)}, "
+                     "optionally with _kernel or _filter (gibbs, l0, magnitude) or _unit (l0).")
   if method == "gibbs":
     structure = structure or "unstructured"
     accepted = HAMILTONIANS
