@@ -18,7 +18,21 @@ def test_keras3_overhead_rows_run():
   backend = keras.backend.backend()
   assert rows[(backend, "dense", 4)] == 1.0
   assert rows[(backend, "gibbs_unstructured", 4)] > 0
-  assert set(rows) == {(backend, "dense", 4), (backend, "gibbs_unstructured", 4)}
+  assert rows[(backend, "dense", "first_step")] == 1.0
+  assert set(rows) == {(backend, name, key) for name in ("dense", "gibbs_unstructured")
+                       for key in (4, "first_step")}
+
+
+@pytest.mark.slow  # ~1-2 min: builds and compiles two MobileNetV2s
+def test_keras3_overhead_rows_run_on_an_edge_model(capsys):
+  rows = keras3_overhead.main(["--model", "mobilenetv2", "--input_size", "32", "--batch_sizes",
+                               "2", "--steps", "1", "--modes", "gibbs_unstructured"])
+  backend = keras.backend.backend()
+  assert rows[(backend, "gibbs_unstructured", "first_step")] > 0
+  assert rows[(backend, "gibbs_unstructured", 2)] > 0
+  assert "MobileNetV2 32x32, time to the end of the first step" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="Unknown `model` 'vgg'"):
+    keras3_overhead.model_makers(20, model="vgg")
 
 
 @pytest.mark.slow  # ~3 min: trains, shrinks and exports two ResNet-20s
