@@ -25,18 +25,15 @@ Prints a table of mean ± std over seeds.
 """
 
 import argparse
-import functools
 import os
 import sys
 import time
-import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
 import tf_gibbs  # noqa: E402
-from tf_gibbs import prune as prune_lib  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
@@ -45,23 +42,6 @@ from quickstart import compile_model  # noqa: E402  pylint: disable=g-import-not
 from quickstart import digits_cnn  # noqa: E402  pylint: disable=g-import-not-at-top
 from quickstart import load_digits  # noqa: E402  pylint: disable=g-import-not-at-top
 import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
-
-
-MagnitudeGroupPruning = recipes.MagnitudeGroupPruning
-
-
-def _magnitude(model, method, schedule, seed):
-  """Magnitude pruning of whole kernels (``magnitude_kernel``) or filters (``magnitude_filter``);
-  the classifier stays dense, as for the structured Gibbs energies."""
-  hamiltonian = method.partition("_")[2]
-  fits = functools.partial(tf_gibbs.gibbs.layer_misfit,
-                           tf_gibbs.gibbs.make_hamiltonian(hamiltonian))
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # "left dense": Dense layers under the kernel energy
-    return prune_lib.apply_wrappers(
-        model, lambda layer, i: MagnitudeGroupPruning(layer, schedule, hamiltonian=hamiltonian,
-                                                      seed=seed + i),
-        skip=["logits"], api_name=method, fits=fits)
 
 
 def train(method, sparsity, seed, data, args):
@@ -74,13 +54,7 @@ def train(method, sparsity, seed, data, args):
   pruned_names = {l.name for l in model.layers
                   if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))}
   callbacks = []
-  if method.startswith("magnitude_"):
-    schedule = tf_gibbs.GibbsSchedule(
-        sparsity, begin_step=0, end_step=ramp_end,
-        initial_sparsity=0.0 if args.gibbs_sparsity_ramp else None)
-    model = _magnitude(model, method, schedule, seed)
-    callbacks = [tf_gibbs.UpdatePruningStep()]
-  elif method != "dense":
+  if method != "dense":
     # The same set-up as benchmarks/compare.py and the examples (examples/recipes.py).
     family, structure = recipes.parse_variant(method)
     unstructured = structure in (None, "unstructured", "weight")
