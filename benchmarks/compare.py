@@ -27,6 +27,7 @@ overhead); the gzipped sparse TFLite file. The plot shows accuracy against measu
 
 import argparse
 import datetime
+import inspect
 import os
 import platform
 import sys
@@ -38,6 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_gibbs  # noqa: E402  (selects Keras 2 before tf_keras models are built)
+from tf_gibbs import wrapper as wrapper_lib  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
@@ -52,7 +54,7 @@ import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
 DEFAULT_METHODS = ("tfmot,tfmot_spared,gibbs,gibbs_kernel,magnitude_kernel,gibbs_filter,"
                    "magnitude_filter,l0,adaptive")
 SPARED = "tfmot_spared"  # tfmot, sparing the layers the adaptive loss leaves dense
-MIN_WEIGHTS = 1000  # prune_adaptive's default min_weights
+MIN_WEIGHTS = inspect.signature(tf_gibbs.prune_adaptive).parameters["min_weights"].default
 ANALYSIS = "<!-- analysis: kept when compare.py rewrites this file -->"
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
 
@@ -87,9 +89,12 @@ def _parse(name):
 
 
 def _spared(model):
-  """The layers ``prune_adaptive`` leaves dense by its ``min_weights`` rule."""
-  return tuple(layer.name for layer in model.layers
-               if isinstance(layer, recipes.PRUNED_TYPES) and layer.count_params() < MIN_WEIGHTS)
+  """The layers ``prune_adaptive`` leaves dense by its ``min_weights`` rule (fewer prunable
+  weights, the bias not counted)."""
+  return tuple(
+      layer.name for layer in model.layers if isinstance(layer, recipes.PRUNED_TYPES)
+      and getattr(layer, wrapper_lib.prunable_weight_name(layer)).shape.num_elements()
+      < MIN_WEIGHTS)
 
 
 def run_all(args):
