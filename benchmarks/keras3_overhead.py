@@ -80,11 +80,6 @@ def model_makers(depth, modes=None, model="resnet20", input_size=32):
           if not modes or name == "dense" or name in modes}
 
 
-def make_models(depth, modes=None):
-  """The dense ResNet and the pruned ones named in ``modes`` (default: all)."""
-  return {name: make() for name, make in model_makers(depth, modes).items()}
-
-
 def _compiled(model):
   model.compile(keras.optimizers.Adam(1e-3),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
