@@ -143,6 +143,48 @@ def test_save_load_resume_equals_an_uninterrupted_fit(method, tmp_path):
                              to_numpy(straight.predict(x_test, verbose=0)), atol=1e-5)
 
 
+def test_adaptive_group_scale_is_built_once_per_traced_step_and_stays_exact(monkeypatch):
+  """The exact-budget scale at end_step reads every member's weights: a traced step holds one
+  copy of it, whichever member runs first (here not the first by name), not one per member
+  (N² ops in all); eager steps (PyTorch) build it only at end_step. The count stays exact."""
+  inputs = keras.Input((6, 6, 2))
+  x = keras.layers.Conv2D(6, 3, activation="relu", name="z_conv")(inputs)
+  x = keras.layers.Conv2D(6, 2, activation="relu", name="m_conv")(x)
+  x = keras.layers.Flatten()(x)
+  x = keras.layers.Dense(12, activation="relu", name="b_dense")(x)
+  outputs = keras.layers.Dense(3, name="a_dense")(x)
+  pruned = tf_gibbs.prune_adaptive(keras.Model(inputs, outputs), 0.6, begin_step=0,
+                                   end_step=END, min_weights=30)
+  wrappers = _wrappers(pruned)
+  assert len(wrappers) == 4
+  builds, calls = [], []
+  cls = tf_gibbs.keras3.AdaptiveThreshold
+  build, training_weight = cls._common_scale, cls.training_weight  # pylint: disable=protected-access
+
+  def counted_build(self, members):
+    builds.append(self.layer.name)
+    return build(self, members)
+
+  def counted_call(self, weight, step):
+    calls.append(self.layer.name)
+    return training_weight(self, weight, step)
+
+  monkeypatch.setattr(cls, "_common_scale", counted_build)
+  monkeypatch.setattr(cls, "training_weight", counted_call)
+  _fit(pruned)
+  if keras.backend.backend() == "torch":
+    assert calls.count("z_conv") == STEPS  # eager steps
+    assert sorted(builds) == sorted(w.layer.name for w in wrappers)  # at end_step, each once
+  else:
+    traces = calls.count("z_conv")  # the first member called (its call is traced once a trace)
+    assert 1 <= traces < STEPS
+    assert builds == ["z_conv"] * traces  # once per trace, by the first member called
+  stripped = tf_gibbs.strip_pruning(pruned)
+  kernels = [stripped.get_layer(w.layer.name).get_weights()[0] for w in wrappers]
+  total, zero = sum(k.size for k in kernels), sum(int((k == 0).sum()) for k in kernels)
+  assert 0.6 <= zero / total < 0.6 + 3 / total
+
+
 class _StopOnce(keras.callbacks.Callback):
   def __init__(self):
     super().__init__()
