@@ -56,7 +56,7 @@ def model_makers(depth, modes=None, model="resnet20", input_size=32):
   elif model in EDGE_MODELS:
     application = getattr(keras.applications, EDGE_MODELS[model])
     dense = lambda: application(input_shape=(input_size, input_size, 3), weights=None,
-                                classes=10)
+                                classes=10, classifier_activation=None)  # logits
     skip = None  # every Conv2D, DepthwiseConv2D and Dense
   else:
     raise ValueError(f"Unknown `model` {model!r}; accepted: resnet20, "

@@ -56,7 +56,9 @@ def base_model(arch):
   if name.startswith("resnet"):
     return resnet(int(name[len("resnet"):]), input_shape=(size, size, 3))
   application = getattr(keras.applications, EDGE_MODELS[name])
-  return application(input_shape=(size, size, 3), weights=None, classes=10)
+  # Logits (the loss is from_logits=True), as the ResNet's classifier gives.
+  return application(input_shape=(size, size, 3), weights=None, classes=10,
+                     classifier_activation=None)
 
 
 def prunable(arch):
