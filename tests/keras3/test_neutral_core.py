@@ -116,6 +116,54 @@ def test_quantile_and_exact_count_masks_equal_the_tensorflow_path():
                                   ranking_tf.exact_count_keep_mask(values, q).numpy())
 
 
+def _hard_values(rng, n):
+  """float32 values a sort-free selection can get wrong: both signs over 60 decades, ±0,
+  subnormals, ±inf, and ties."""
+  values = (rng.normal(size=n) * 10.0**rng.integers(-30, 30, size=n)).astype(np.float32)
+  special = np.array([0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38, np.inf, -np.inf], np.float32)
+  values[:len(special)] = special[:n]
+  values[len(special):len(special) + n // 5] = values[-1]  # ties
+  return rng.permutation(values)
+
+
+def _numpy_quantile(values, q):
+  """numpy's linear quantile with the position in :func:`neutral.wide_float` (float32 on JAX
+  without x64, as documented) and the interpolation in float32."""
+  ordered = np.sort(values)
+  n = len(ordered)
+  wide = np.dtype(neutral.wide_float()).type
+  pos = wide(q) * wide(n - 1)
+  lo = min(int(np.floor(pos)), n - 1)
+  frac = np.float32(pos - wide(lo))
+  v_lo, v_hi = ordered[lo], ordered[min(lo + 1, n - 1)]
+  return np.float32(v_lo + frac * np.float32(v_hi - v_lo))
+
+
+@pytest.mark.parametrize("n", [1, 2, 9, 40, 1000])
+def test_kth_smallest_and_quantile_equal_numpy_eager_and_compiled(n):
+  rng = np.random.default_rng(n)
+  values = _hard_values(rng, n)
+  ordered = np.sort(values)
+  ranks = sorted({0, n // 3, n // 2, n - 1, max(n - 2, 0)})
+  qs = [0.0, 0.1, 0.5, 0.9, 1.0]
+  finite = np.where(np.isfinite(values), values, 0.0).astype(np.float32)  # quantile's domain
+
+  def selections(v, f):
+    return ([neutral.kth_smallest(v, k) for k in ranks] +
+            [neutral.quantile(f, q) for q in qs])
+
+  runs = [selections(values, finite)]
+  if keras.backend.backend() == "tensorflow":
+    runs.append(tf.function(selections, jit_compile=True)(values, finite))
+  runs.append(compiled(selections)(values, finite))  # tf.function / jax.jit / eager torch
+  for run in runs:
+    got = [float(to_numpy(x)) for x in run]
+    np.testing.assert_array_equal(got[:len(ranks)], ordered[ranks])  # -0 == 0
+    # float32 interpolation, which XLA may fuse: a few ulps (1e-6 of the value at 1e37).
+    np.testing.assert_allclose(got[len(ranks):], [_numpy_quantile(finite, q) for q in qs],
+                               rtol=1e-5)
+
+
 @pytest.mark.parametrize("n,p,expected", [(10, 0.35, 4), (10, 0.25, 2), (8, 0.99, 7),
                                           (1, 0.9, 0), (1000, 0.9, 900)])
 def test_exact_count_masks_prune_exactly_the_python_count(n, p, expected):

