@@ -135,19 +135,17 @@ def _histogram(digits, size):
   return ops.cast(ops.bincount(digits, minlength=size), "int32")
 
 
-def kth_smallest(values, k):
-  """The k-th smallest value (0-based rank k) of ``values``, exactly, without sorting.
+# Below this many values a sort is cheaper to compile and about as fast to run as the radix
+# select (MobileNetV2's 53 kernels, first call / steady: all sorted 0.6 s / 234 ms on JAX, all
+# by radix 5.4 s / 11 ms, split here 1.9 s / 20 ms; TensorFlow 0.6 / 90, 5.2 / 32, 2.0 / 28).
+_SORT_BELOW = 1 << 14
 
-  Radix select on order-preserving 32-bit keys: each of three passes counts one digit of the
-  keys that share the prefix found so far, and the cumulative counts give the digit holding
-  rank k. O(n) per pass with static shapes; on MobileNetV2's 53 kernels (2.2M weights) it
-  takes 11 ms on JAX against 244 ms for a sort, 22 against 98 ms on TensorFlow, 86 against
-  187 ms on PyTorch (CPU). ``k``: int scalar, clipped to [0, n − 1].
-  """
-  flat = _flat(values)
-  n = flat.shape[0]
+
+def _radix_select(flat, rank):
+  """The rank-th smallest of the float32 vector ``flat`` (rank an int32 scalar in [0, n)): each
+  of three passes counts one digit of the keys that share the prefix found so far, and the
+  cumulative counts give the digit holding the rank."""
   keys = _ordered_keys(flat)
-  rank = ops.clip(ops.cast(k, "int32"), 0, n - 1)
   prefix = ops.convert_to_tensor(0, "int32")
   for shift, width in _RADIX_PASSES:
     top = shift + width
@@ -162,21 +160,41 @@ def kth_smallest(values, k):
   return _key_to_float(prefix)
 
 
+def kth_smallest(values, k):
+  """The k-th smallest value (0-based rank k, clipped to [0, n − 1]) of ``values``, exactly.
+
+  From 2¹⁴ values on by radix select on order-preserving 32-bit keys (O(n) per pass, static
+  shapes), below that by a sort. On MobileNetV2's 53 kernels (2.2M weights) the quantiles take
+  20 ms on JAX against 234 ms with sorts only, 28 against 90 ms on TensorFlow (CPU).
+  """
+  flat = _flat(values)
+  n = flat.shape[0]
+  rank = ops.clip(ops.cast(k, "int32"), 0, n - 1)
+  if n < _SORT_BELOW:
+    return ops.take(ops.sort(flat), rank)
+  return _radix_select(flat, rank)
+
+
 def quantile(values, q):
   """Q_q = v_(lo) + (pos − lo)(v_(lo+1) − v_(lo)), pos = q·(n − 1): numpy's linear quantile.
 
-  The order statistics come from :func:`kth_smallest` (no sort): v_(lo+1) is v_(lo) again when
-  v_(lo) repeats beyond rank lo, else the smallest larger value.
+  The order statistics come from a sort below 2¹⁴ values, else from :func:`kth_smallest`:
+  v_(lo+1) is v_(lo) again when v_(lo) repeats beyond rank lo, else the smallest larger value.
   """
   flat = _flat(values)
   n = flat.shape[0]
   pos = ops.cast(q, wide_float()) * float(n - 1)
   lo = ops.clip(ops.cast(ops.floor(pos), "int32"), 0, n - 1)
   frac = ops.cast(pos - ops.cast(lo, pos.dtype), "float32")
-  v_lo = kth_smallest(flat, lo)
-  repeated = ops.sum(ops.cast(flat <= v_lo, "int32")) >= lo + 2
-  larger = ops.min(ops.where(flat > v_lo, flat, float("inf")))
-  v_hi = ops.where(ops.logical_or(repeated, lo + 1 >= n), v_lo, larger)
+  if n < _SORT_BELOW:
+    ordered = ops.sort(flat)
+    v_lo = ops.take(ordered, lo)
+    v_hi = ops.take(ordered, ops.minimum(lo + 1, n - 1))
+  else:
+    v_lo = _radix_select(flat, lo)
+    repeated = ops.sum(ops.cast(flat <= v_lo, "int32")) >= lo + 2
+    larger = ops.min(ops.where(flat > v_lo, flat, float("inf")))
+    v_hi = ops.where(ops.logical_or(repeated, lo + 1 >= n), v_lo, larger)
   return v_lo + frac * (v_hi - v_lo)
 
 
