@@ -238,21 +238,24 @@ def test_mask_of_a_step_is_a_function_of_seed_and_step():
   assert int(to_numpy(layers[0].pruning_step.value)) == 2
 
 
-@pytest.mark.parametrize("hamiltonian,c,sampler,sweeps", [
-    ("kernel", 0.01, None, None),
-    ("filter", 1.0, "chromatic", 7), ("filter", 1.0, "exact", None)])
-def test_fused_tensorflow_sampler_draws_the_neutral_codes_masks(hamiltonian, c, sampler, sweeps):
-  """On TensorFlow the wrappers run the neutral structured samplers as one XLA cluster: same
-  masks as the neutral code run op by op."""
+@pytest.mark.parametrize("hamiltonian,c,sampler,sweeps,shape", [
+    ("kernel", 0.01, None, None, (9, 4, 6)),
+    ("filter", 1.0, "chromatic", 7, (9, 4, 6)), ("filter", 1.0, "exact", None, (9, 4, 6)),
+    ("unstructured", None, None, None, (9, 48, 40))])  # ≥ 2**14 weights: radix select
+def test_fused_tensorflow_sampler_draws_the_neutral_codes_masks(hamiltonian, c, sampler, sweeps,
+                                                                shape):
+  """On TensorFlow the wrappers run the neutral structured samplers, and the unstructured one
+  on large kernels, as one XLA cluster: the masks of the neutral code run op by op (the
+  unstructured sigmoid may differ by an ulp inside XLA: a mask bit in 10⁴ may flip)."""
   if keras.backend.backend() != "tensorflow":
     pytest.skip("backend-specific: the sampler is fused only on the TensorFlow backend")
   from tf_gibbs.keras3 import gibbs as gibbs3  # pylint: disable=g-import-not-at-top
-  fused = gibbs3._sampler("tensorflow", hamiltonian, c, sampler, sweeps)
+  fused = gibbs3._sampler("tensorflow", hamiltonian, c, sampler, sweeps, True)
   assert hasattr(fused, "xla_cluster")
-  assert not hasattr(gibbs3._sampler("tensorflow", "unstructured", None, None, None),
-                     "xla_cluster")  # tf.sort is faster than XLA's sort on CPU
+  assert not hasattr(gibbs3._sampler("tensorflow", "unstructured", None, None, None, False),
+                     "xla_cluster")  # small kernels: tf.sort beats XLA's sort and launch on CPU
   weights = keras.ops.convert_to_tensor(
-      np.random.default_rng(5).normal(size=(9, 4, 6)).astype("float32"))
+      np.random.default_rng(5).normal(size=shape).astype("float32"))
   for step, beta, sparsity in [(1, 0.05, 0.3), (7, 3.0, 0.5), (40, 1e4, 0.5)]:
     args = (weights, keras.ops.convert_to_tensor(sparsity, "float64"),
             keras.ops.convert_to_tensor(beta, "float32"), keras.ops.convert_to_tensor(11, "int32"),
@@ -260,7 +263,10 @@ def test_fused_tensorflow_sampler_draws_the_neutral_codes_masks(hamiltonian, c, 
     mask, threshold = fused(*args)
     want_mask, want_threshold = gibbs3._sample_view(
         *args, hamiltonian=hamiltonian, c=c, sampler=sampler, sweeps=sweeps)
-    np.testing.assert_array_equal(to_numpy(mask), to_numpy(want_mask))
+    if hamiltonian == "unstructured":
+      assert np.mean(to_numpy(mask) != to_numpy(want_mask)) <= 1e-4
+    else:
+      np.testing.assert_array_equal(to_numpy(mask), to_numpy(want_mask))
     np.testing.assert_allclose(to_numpy(threshold), to_numpy(want_threshold), rtol=1e-6)
     assert 0 < to_numpy(mask).mean() < 1
 

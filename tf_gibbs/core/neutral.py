@@ -135,10 +135,11 @@ def _histogram(digits, size):
   return ops.cast(ops.bincount(digits, minlength=size), "int32")
 
 
-# Below this many values a sort is cheaper to compile and about as fast to run as the radix
-# select (MobileNetV2's 53 kernels, first call / steady: all sorted 0.6 s / 234 ms on JAX, all
-# by radix 5.4 s / 11 ms, split here 1.9 s / 20 ms; TensorFlow 0.6 / 90, 5.2 / 32, 2.0 / 28).
-_SORT_BELOW = 1 << 14
+# Selections use a radix select from this many values on; below, a sort is cheaper to compile
+# and about as fast to run. MobileNetV2's 53 kernels, first call / steady step: all sorted
+# 0.6 s / 234 ms on JAX, all by radix 5.4 s / 11 ms, split here 1.9 s / 20 ms; on TensorFlow
+# 0.6 s / 90 ms, 5.2 s / 32 ms, 2.0 s / 28 ms.
+RADIX_SELECT_FROM = 1 << 14
 
 
 def _radix_select(flat, rank):
@@ -170,7 +171,7 @@ def kth_smallest(values, k):
   flat = _flat(values)
   n = flat.shape[0]
   rank = ops.clip(ops.cast(k, "int32"), 0, n - 1)
-  if n < _SORT_BELOW:
+  if n < RADIX_SELECT_FROM:
     return ops.take(ops.sort(flat), rank)
   return _radix_select(flat, rank)
 
@@ -186,7 +187,7 @@ def quantile(values, q):
   pos = ops.cast(q, wide_float()) * float(n - 1)
   lo = ops.clip(ops.cast(ops.floor(pos), "int32"), 0, n - 1)
   frac = ops.cast(pos - ops.cast(lo, pos.dtype), "float32")
-  if n < _SORT_BELOW:
+  if n < RADIX_SELECT_FROM:
     ordered = ops.sort(flat)
     v_lo = ops.take(ordered, lo)
     v_hi = ops.take(ordered, ops.minimum(lo + 1, n - 1))

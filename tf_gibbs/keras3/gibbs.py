@@ -5,6 +5,7 @@ checks are the tf_keras front's (:mod:`tf_gibbs.gibbs`), so both take the same a
 """
 
 import functools
+import math
 
 import keras
 from keras import ops
@@ -28,26 +29,29 @@ def _sample_view(view, sparsity, beta, seed, step, *, hamiltonian, c, sampler, s
 
 
 @functools.lru_cache(maxsize=None)
-def _sampler(backend, hamiltonian, c, sampler, sweeps):
-  """:func:`_sample_view` for one energy; on TensorFlow the kernel and filter samplers run as one
-  XLA cluster.
+def _sampler(backend, hamiltonian, c, sampler, sweeps, large=False):
+  """:func:`_sample_view` for one energy; on TensorFlow the kernel and filter samplers, and the
+  unstructured one on ``large`` kernels, run as one XLA cluster.
 
   Keras compiles a TensorFlow model without XLA on a machine without GPU (``jit_compile="auto"``),
   and there the structured samplers' dozens of small ops per layer, run one by one, cost 1.2x
   (kernel) and 1.5x (chromatic filter) the dense step of ResNet-20 (benchmarks/keras3_overhead.py);
   fused, 1.13x. The same neutral code runs in the cluster (no second implementation); its hash
-  uniforms are integer arithmetic, equal inside and outside XLA. The unstructured sampler is not
-  fused: its quantile sorts every weight, and XLA's CPU sort took twice TensorFlow's (10 against
-  5 ms on a 3x3x64x64 kernel). Inside an outer ``jit_compile=True`` step, and under a
-  multi-replica strategy, the cluster is called inline (:func:`tf_gibbs.core.xla.nested_xla`).
-  Cached: all layers share one function, traced once per weight shape.
+  uniforms are integer arithmetic, equal inside and outside XLA. The unstructured sampler is
+  fused from :data:`tf_gibbs.core.neutral.RADIX_SELECT_FROM` weights on (``large``), where its
+  quantile is a radix select: on MobileNetV2's 53 kernels its samples take 20 ms a step instead
+  of 39 ms, and 4.2 s instead of 5.7 s to trace and compile (fusing the small ones too: 26 ms,
+  their sorts and launches cost more in XLA). Inside an outer ``jit_compile=True`` step, and
+  under a multi-replica strategy, the cluster is called inline
+  (:func:`tf_gibbs.core.xla.nested_xla`). Cached: all layers share one function per energy,
+  traced once per weight shape.
   """
 
   def sample(view, sparsity, beta, seed, step):
     return _sample_view(view, sparsity, beta, seed, step, hamiltonian=hamiltonian, c=c,
                         sampler=sampler, sweeps=sweeps)
 
-  if backend != "tensorflow" or hamiltonian == "unstructured":
+  if backend != "tensorflow" or (hamiltonian == "unstructured" and not large):
     return sample
   from tf_gibbs.core import xla  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   return xla.nested_xla(sample)
@@ -101,7 +105,8 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     should_prune, sparsity = self.pruning_schedule(step, KERAS_MATH)
     energy = self._energy
     sample = _sampler(keras.backend.backend(), self.hamiltonian, getattr(energy, "c", None),
-                      getattr(energy, "sampler", None), getattr(energy, "mcmc_steps", None))
+                      getattr(energy, "sampler", None), getattr(energy, "mcmc_steps", None),
+                      math.prod(self._view) >= neutral.RADIX_SELECT_FROM)
     # Tensors only (a Python number would retrace the fused sampler per value).
     mask, threshold = sample(ops.reshape(weight, self._view),
                              ops.convert_to_tensor(sparsity),
