@@ -3,9 +3,10 @@
 This module is the backend-neutral statement of every equation tf_gibbs uses; the Keras 3
 wrappers (:mod:`tf_gibbs.keras3`) run it on whichever backend Keras 3 runs. The tf_keras front
 keeps the TensorFlow implementations next to it (:mod:`tf_gibbs.core.gibbs`, ``l0``,
-``adaptive``, ``ranking``, ``structured``) as its fast path — radix select instead of a sort,
-nested XLA clusters, ``tf.custom_gradient`` — and ``tests/test_core_neutral.py`` checks that
-both give the same results on the same inputs (the same uniforms, weights and parameters).
+``adaptive``, ``ranking``, ``structured``) as its fast path — nested XLA clusters with padded
+selections, ``tf.custom_gradient`` — and ``tests/keras3/test_neutral_core.py`` checks that both
+give the same results on the same inputs (the same uniforms, weights and parameters). Both
+select order statistics by radix select, here from 2¹⁴ values on (a sort below).
 
 Differences from the TensorFlow path, stated where a user of Keras 3 reads them:
 
