@@ -6,7 +6,6 @@ front's (:mod:`tf_gibbs.adaptive`).
 
 import importlib
 import math
-import weakref
 
 import keras
 from keras import ops
@@ -28,7 +27,8 @@ class _Members:
 
   def __init__(self):
     self.members = []
-    self.tf_scales = weakref.WeakKeyDictionary()  # graph -> {(id(replica), key): (replica, scale)}
+    # Only the graph or trace being built: its tensors would keep an older one alive.
+    self.tf_graph, self.tf_scales = None, {}  # {(id(replica), key): (replica, scale)}
     self.jax_scales = {}  # key -> (trace state, scale)
 
 
@@ -55,7 +55,10 @@ def _once_per_trace(group, key, build):
     if tf.executing_eagerly():
       return build()
     replica = tf.distribute.get_replica_context()
-    scales = group.tf_scales.setdefault(tf.compat.v1.get_default_graph(), {})
+    graph = tf.compat.v1.get_default_graph()
+    if group.tf_graph is not graph:
+      group.tf_graph, group.tf_scales = graph, {}
+    scales = group.tf_scales
     if (id(replica), key) not in scales:
       # The replica context is kept with the tensor so that its id is not reused meanwhile.
       scales[(id(replica), key)] = (replica, build())
