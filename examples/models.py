@@ -68,3 +68,6 @@ def lenet5(num_classes=10, input_shape=(28, 28, 1), weight_decay=0.0):
   h = keras.layers.Dense(500, activation="relu", kernel_regularizer=l2, name="fc1")(h)
   outputs = keras.layers.Dense(num_classes, kernel_regularizer=l2, name="classifier")(h)
   return keras.Model(inputs, outputs, name="lenet5")
+
+
+LENETS = {"lenet300": lenet_300_100, "lenet5": lenet5}  # the L0 paper's MNIST models, by flag
