@@ -6,7 +6,6 @@ global budget loss and its group of layers.
 """
 
 import math
-import weakref
 
 import tensorflow as tf
 
@@ -21,7 +20,6 @@ from tf_gibbs.schedule import check_number
 
 BUDGETS = ("params", "flops")
 # Traced graph -> {(group, budget, replica): (replica context, the group's freeze scale)}.
-_FREEZE_SCALES = weakref.WeakKeyDictionary()
 
 
 def check_budget(budget):
@@ -120,6 +118,7 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     if budget_group is not None and not isinstance(budget_group, str):
       raise TypeError(f"`budget_group` must be None or a string, got {budget_group!r}.")
     self.budget_group = budget_group
+    self._freeze_scales = adaptive_core.PerGraph()  # a plain holder, not tracked by Keras
     self.exact_budget = check_bool(exact_budget, "exact_budget")
     super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
 
@@ -197,22 +196,15 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
 
     It reads every member's weights, so it is built once per traced graph (and replica) and
     shared by the members: per member it would put N copies of the group's ops into the step
-    (N² in all), which the executor walks at every step even though they run only once.
+    (N² in all), which the executor walks at every step even though they run only once. The
+    group's first member (by name) holds it, so it goes with the model.
     """
     if not self.exact_budget:
       return None
     members = self.budget_members()
-    if tf.executing_eagerly():
-      return tf.cond(freeze, lambda: self._common_scale(members), lambda: tf.constant(1.0))
-    graph = tf.compat.v1.get_default_graph()
-    replica = tf.distribute.get_replica_context()
-    key = (tuple(id(m) for m in members), self.budget, id(replica))
-    cache = _FREEZE_SCALES.setdefault(graph, {})
-    if key not in cache:
-      # The replica context is kept with the tensor so that its id is not reused meanwhile.
-      cache[key] = (replica, tf.cond(freeze, lambda: self._common_scale(members),
-                                     lambda: tf.constant(1.0)))
-    return cache[key][1]
+    key = (tuple(id(m) for m in members), self.budget)
+    return members[0]._freeze_scales.get(key, lambda: tf.cond(  # pylint: disable=protected-access
+        freeze, lambda: self._common_scale(members), lambda: tf.constant(1.0)))
 
   def _common_scale(self, members):
     ratios = [adaptive_core.threshold_ratio(m.read_weight(), m.live_threshold(m.read_weight()))

@@ -19,6 +19,31 @@ R_MAX = 5.0  # the reference code clamps r to [0, 5]
 ESTIMATES = ("measured", "erf")
 
 
+
+class PerGraph:
+  """Tensors built once per TensorFlow graph being traced (and replica), for layers that share
+  them, such as a budget's exact-budget scale; eagerly every call builds its own.
+
+  Only the graph being built is held: a graph's tensors keep it alive, so a cache keyed by
+  every graph ever traced would keep them all. A replica context is kept with its tensor so
+  that its id is not reused meanwhile.
+  """
+
+  def __init__(self):
+    self.graph, self.entries = None, {}
+
+  def get(self, key, build):
+    if tf.executing_eagerly():
+      return build()
+    graph = tf.compat.v1.get_default_graph()
+    replica = tf.distribute.get_replica_context()
+    if self.graph is not graph:
+      self.graph, self.entries = graph, {}
+    entry = (id(replica), key)
+    if entry not in self.entries:
+      self.entries[entry] = (replica, build())
+    return self.entries[entry][1]
+
 def clip_r(r):
   """clip(r, 0, 5) forward, with a straight-through (identity) gradient.
 

@@ -27,9 +27,8 @@ class _Members:
 
   def __init__(self):
     self.members = []
-    # Only the graph or trace being built: its tensors would keep an older one alive.
-    self.tf_graph, self.tf_scales = None, {}  # {(id(replica), key): (replica, scale)}
-    self.jax_scales = {}  # key -> (trace state, scale)
+    self.tf_scales = adaptive_core.PerGraph()
+    self.jax_scales = {}  # key -> (trace state, scale) of the trace being built
 
 
 def _jax_trace_state():
@@ -46,23 +45,12 @@ def _jax_trace_state():
 
 def _once_per_trace(group, key, build):
   """``build()``, shared by the calls with the same ``key`` in one traced step: once per
-  TensorFlow graph and replica, once per JAX trace (``group`` holds them). Where ops run
-  eagerly (PyTorch, eager TensorFlow or JAX) every call builds its own: a cond there runs
-  only the branch taken."""
+  TensorFlow graph and replica (as on the tf_keras front), once per JAX trace (``group`` holds
+  them). Where ops run eagerly (PyTorch, eager TensorFlow or JAX) every call builds its own: a
+  cond there runs only the branch taken."""
   backend = keras.backend.backend()
   if backend == "tensorflow":
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    if tf.executing_eagerly():
-      return build()
-    replica = tf.distribute.get_replica_context()
-    graph = tf.compat.v1.get_default_graph()
-    if group.tf_graph is not graph:
-      group.tf_graph, group.tf_scales = graph, {}
-    scales = group.tf_scales
-    if (id(replica), key) not in scales:
-      # The replica context is kept with the tensor so that its id is not reused meanwhile.
-      scales[(id(replica), key)] = (replica, build())
-    return scales[(id(replica), key)][1]
+    return group.tf_scales.get(key, build)
   if backend == "jax":
     import jax  # pylint: disable=g-import-not-at-top
     state = _jax_trace_state()
