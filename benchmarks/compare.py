@@ -66,12 +66,7 @@ DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
 
 def digits_setup(args):
   """Data, model factory, recipe defaults and per-method options of the digits comparison."""
-  x_train, x_test, y_train, y_test = quickstart.load_digits(0)
-  train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
-  train = train.shuffle(len(x_train), seed=0, reshuffle_each_iteration=True)
-  train = train.batch(args.batch_size or 32)
-  test = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(len(x_test))
-  steps = -(-len(x_train) // (args.batch_size or 32))
+  train, test, steps = recipes.batched_arrays(*quickstart.load_digits(0), args.batch_size or 32)
   return train, test, steps, quickstart.digits_cnn, _digits_recipe(args), ("logits",)
 
 
