@@ -22,6 +22,32 @@ class _TensorFlowMath:
   logical_and = staticmethod(tf.logical_and)
   logical_or = staticmethod(tf.logical_or)
   equal = staticmethod(tf.equal)
+  # The network-wide allocation's ops (tf_gibbs.core.allocation).
+  square = staticmethod(tf.square)
+  sort = staticmethod(tf.sort)
+  cumsum = staticmethod(tf.cumsum)
+  maximum = staticmethod(tf.maximum)
+  minimum = staticmethod(tf.minimum)
+  round = staticmethod(tf.round)
+  take = staticmethod(tf.gather)
+  reshape = staticmethod(tf.reshape)
+  segment_sum = staticmethod(tf.math.unsorted_segment_sum)
+
+  @staticmethod
+  def sum(x, axis):
+    return tf.reduce_sum(x, axis)
+
+  @staticmethod
+  def concatenate(tensors):
+    return tf.concat(tensors, 0)
+
+  @staticmethod
+  def argsort(x):
+    return tf.argsort(x, stable=True)
+
+  @staticmethod
+  def ones(shape, dtype):
+    return tf.ones(shape, dtype)
 
   @staticmethod
   def wide():
@@ -41,8 +67,16 @@ class _KerasMath:
   def __getattr__(self, name):
     from keras import ops  # pylint: disable=g-import-not-at-top
     names = {"clip": "clip", "where": "where", "exp": "exp", "pow": "power", "cast": "cast",
-             "logical_and": "logical_and", "logical_or": "logical_or", "equal": "equal"}
+             "logical_and": "logical_and", "logical_or": "logical_or", "equal": "equal",
+             "square": "square", "sort": "sort", "cumsum": "cumsum", "maximum": "maximum",
+             "minimum": "minimum", "round": "round", "take": "take", "reshape": "reshape",
+             "sum": "sum", "concatenate": "concatenate", "argsort": "argsort", "ones": "ones"}
     return getattr(ops, names[name])
+
+  @staticmethod
+  def segment_sum(data, segment_ids, num_segments):
+    from keras import ops  # pylint: disable=g-import-not-at-top
+    return ops.segment_sum(data, segment_ids, num_segments)
 
   @staticmethod
   def wide():
