@@ -37,22 +37,6 @@ def check_adaptive_schedule(schedule, argument="schedule"):
   return schedule
 
 
-def _connected_layers(start):
-  """Every layer reachable from ``start`` through Keras nodes (its whole functional graph)."""
-  seen, stack = {id(start): start}, [start]
-  while stack:
-    layer = stack.pop()
-    neighbours = [n.outbound_layer for n in getattr(layer, "_outbound_nodes", [])]
-    for node in getattr(layer, "_inbound_nodes", []):
-      inbound = node.inbound_layers
-      neighbours.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
-    for other in neighbours:
-      if id(other) not in seen:
-        seen[id(other)] = other
-        stack.append(other)
-  return list(seen.values())
-
-
 @keras.utils.register_keras_serializable(package="tf_gibbs")
 class AdaptiveThreshold(wrapper_lib.PruningWrapper):
   """Hard-thresholds a layer's kernel at a learned multiple of its standard deviation.
@@ -157,14 +141,6 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     return l0_core.scaled_parameter(self.r_parameter, self.r_lr_multiplier)
 
   # --- the global budget ------------------------------------------------------------------------
-
-  def budget_members(self):
-    """The wrappers of this layer's ``budget_group`` in its model (itself when alone)."""
-    if self.budget_group is None:
-      return [self]
-    members = [layer for layer in _connected_layers(self)
-               if isinstance(layer, AdaptiveThreshold) and layer.budget_group == self.budget_group]
-    return sorted(members, key=lambda layer: layer.name)
 
   def budget_loss(self):
     """λ (D − (1 − s))² for the whole group, from its first member; 0 from the others and

@@ -85,6 +85,22 @@ def check_seed(seed):
   return int(seed)
 
 
+def _connected_layers(start):
+  """Every layer reachable from ``start`` through Keras nodes (its whole functional graph)."""
+  seen, stack = {id(start): start}, [start]
+  while stack:
+    layer = stack.pop()
+    neighbours = [n.outbound_layer for n in getattr(layer, "_outbound_nodes", [])]
+    for node in getattr(layer, "_inbound_nodes", []):
+      inbound = node.inbound_layers
+      neighbours.extend(inbound if isinstance(inbound, (list, tuple)) else [inbound])
+    for other in neighbours:
+      if id(other) not in seen:
+        seen[id(other)] = other
+        stack.append(other)
+  return list(seen.values())
+
+
 def schedule_custom_objects():
   """Schedules that wrapper configs may name, for ``deserialize_keras_object``."""
   from tf_gibbs import schedule  # pylint: disable=g-import-not-at-top
@@ -220,6 +236,16 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     """(number of groups, their name, largest per-layer target) that the method's per-layer
     target counts, e.g. (32, "filters", 0.99); None for a method without one."""
     return None
+
+  def budget_members(self):
+    """The wrappers of this layer's network-wide ``budget_group`` (same class, same group) in
+    its model, by name; itself when it has no group. The members find each other through the
+    model's graph (no list is stored on a layer: Keras would track and save it)."""
+    if getattr(self, "budget_group", None) is None:
+      return [self]
+    members = [layer for layer in _connected_layers(self)
+               if type(layer) is type(self) and layer.budget_group == self.budget_group]
+    return sorted(members, key=lambda layer: layer.name)
 
   # --- the per-layer cap: no layer is pruned away ----------------------------------------------
 

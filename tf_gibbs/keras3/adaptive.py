@@ -4,7 +4,6 @@ The maths is :mod:`tf_gibbs.core.neutral`; the arguments and their checks are th
 front's (:mod:`tf_gibbs.adaptive`).
 """
 
-import importlib
 import math
 
 import keras
@@ -19,66 +18,6 @@ from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import KERAS_MATH
 from tf_gibbs.schedule import check_bool
 from tf_gibbs.schedule import check_number
-
-
-class _Members:
-  """The budget group's wrappers, found once through the model's graph, and the group's
-  end_step scale of the step being traced (see :meth:`AdaptiveThreshold.freeze_scale`)."""
-
-  def __init__(self):
-    self.members = []
-    self.tf_scales = adaptive_core.PerGraph()
-    self.jax_scales = {}  # key -> (trace state, scale) of the trace being built
-
-
-def _jax_trace_state():
-  """The JAX trace being built now (compared with ==), or None where JAX has no such API."""
-  for module in ("jax.extend.core", "jax.core"):
-    try:
-      state = getattr(importlib.import_module(module), "get_opaque_trace_state", None)
-    except ImportError:
-      continue
-    if state is not None:
-      return state(convention="tf_gibbs")
-  return None
-
-
-def _once_per_trace(group, key, build):
-  """``build()``, shared by the calls with the same ``key`` in one traced step: once per
-  TensorFlow graph and replica (as on the tf_keras front), once per JAX trace (``group`` holds
-  them). Where ops run eagerly (PyTorch, eager TensorFlow or JAX) every call builds its own: a
-  cond there runs only the branch taken."""
-  backend = keras.backend.backend()
-  if backend == "tensorflow":
-    return group.tf_scales.get(key, build)
-  if backend == "jax":
-    import jax  # pylint: disable=g-import-not-at-top
-    state = _jax_trace_state()
-    cached = group.jax_scales.get(key)
-    # A tracer belongs to one trace; a concrete array (no jit, no grad) is never shared.
-    if state is not None and cached is not None and cached[0] == state and isinstance(
-        cached[1], jax.core.Tracer):
-      return cached[1]
-    scale = build()
-    if state is not None:
-      group.jax_scales[key] = (state, scale)
-    return scale
-  return build()
-
-
-def _connected_layers(start):
-  """Every layer reachable from ``start`` through Keras 3 nodes (its whole functional graph)."""
-  seen, stack = {id(start): start}, [start]
-  while stack:
-    layer = stack.pop()
-    neighbours = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
-    for node in getattr(layer, "_inbound_nodes", []):
-      neighbours.extend(parent.operation for parent in node.parent_nodes)
-    for other in neighbours:
-      if other is not None and id(other) not in seen:
-        seen[id(other)] = other
-        stack.append(other)
-  return list(seen.values())
 
 
 @keras.saving.register_keras_serializable(package="tf_gibbs")
@@ -112,7 +51,6 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     self.budget_group = budget_group
     self.exact_budget = check_bool(exact_budget, "exact_budget")
     super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
-    self._group = _Members()  # a plain holder: Keras' saver walks lists of layers
 
   def build_method_variables(self, weight):
     self.r_parameter = self.add_weight(
@@ -140,17 +78,6 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
   def clipped_r(self):
     return float(ops.convert_to_numpy(ops.clip(self.r, 0.0, adaptive_core.R_MAX)))
 
-  def budget_members(self):
-    """The wrappers of this layer's ``budget_group`` in its model (itself when alone)."""
-    if self.budget_group is None:
-      return [self]
-    if len(self._group.members) < 2:
-      members = [layer for layer in _connected_layers(self)
-                 if isinstance(layer, AdaptiveThreshold) and
-                 layer.budget_group == self.budget_group]
-      self._group.members = sorted(members, key=lambda layer: layer.name)
-    return self._group.members
-
   def live_threshold(self, weight):
     return neutral.threshold(weight, self.r)
 
@@ -176,7 +103,7 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     """
     key = (tuple(id(m) for m in members), self.budget, self.pruning_schedule.target_sparsity)
     # The group's first member (by name) holds it: every member finds the same list.
-    return _once_per_trace(members[0]._group, key, lambda: ops.cond(  # pylint: disable=protected-access
+    return wrapper_lib.once_per_trace(members[0]._group, key, lambda: ops.cond(  # pylint: disable=protected-access
         freeze, lambda: self._common_scale(members), lambda: ops.convert_to_tensor(1.0)))
 
   def _common_scale(self, members):

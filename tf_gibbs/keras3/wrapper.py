@@ -7,6 +7,7 @@ mask of step t is a pure function of (layer seed, t), so a resumed run draws the
 every replica the same mask.
 """
 
+import importlib
 import random
 import warnings
 
@@ -15,6 +16,7 @@ from keras import ops
 import numpy as np
 
 from tf_gibbs import wrapper as wrapper_front
+from tf_gibbs.core import adaptive as adaptive_core
 from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import GibbsSchedule
 from tf_gibbs.schedule import L0Schedule
@@ -75,6 +77,67 @@ def schedule_from_config(config):
     raise TypeError(f"`pruning_schedule` must be one of {sorted(SCHEDULES)} or its config, got "
                     f"{config!r}.")
   return SCHEDULES[config["class_name"]](**config["config"])
+
+
+class BudgetGroup:
+  """A network-wide budget's wrappers, found once through the model's graph, and the tensors
+  its members share in the step being traced (the adaptive loss's end_step scale, the network
+  allocation of Gibbs and L0): held by each wrapper, used through the group's first member."""
+
+  def __init__(self):
+    self.members = []
+    self.tf_scales = adaptive_core.PerGraph()
+    self.jax_scales = {}  # key -> (trace state, scale) of the trace being built
+
+
+def jax_trace_state():
+  """The JAX trace being built now (compared with ==), or None where JAX has no such API."""
+  for module in ("jax.extend.core", "jax.core"):
+    try:
+      state = getattr(importlib.import_module(module), "get_opaque_trace_state", None)
+    except ImportError:
+      continue
+    if state is not None:
+      return state(convention="tf_gibbs")
+  return None
+
+
+def once_per_trace(group, key, build):
+  """``build()``, shared by the calls with the same ``key`` in one traced step: once per
+  TensorFlow graph and replica (as on the tf_keras front), once per JAX trace (``group`` holds
+  them). Where ops run eagerly (PyTorch, eager TensorFlow or JAX) every call builds its own: a
+  cond there runs only the branch taken."""
+  backend = keras.backend.backend()
+  if backend == "tensorflow":
+    return group.tf_scales.get(key, build)
+  if backend == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    state = jax_trace_state()
+    cached = group.jax_scales.get(key)
+    # A tracer belongs to one trace; a concrete array (no jit, no grad) is never shared.
+    if state is not None and cached is not None and cached[0] == state and isinstance(
+        cached[1], jax.core.Tracer):
+      return cached[1]
+    scale = build()
+    if state is not None:
+      group.jax_scales[key] = (state, scale)
+    return scale
+  return build()
+
+
+def connected_layers(start):
+  """Every layer reachable from ``start`` through Keras 3 nodes (its whole functional graph)."""
+  seen, stack = {id(start): start}, [start]
+  while stack:
+    layer = stack.pop()
+    neighbours = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+    for node in getattr(layer, "_inbound_nodes", []):
+      neighbours.extend(parent.operation for parent in node.parent_nodes)
+    for other in neighbours:
+      if other is not None and id(other) not in seen:
+        seen[id(other)] = other
+        stack.append(other)
+  return list(seen.values())
 
 
 def exclude_from_weight_decay(optimizer, model):
@@ -162,6 +225,18 @@ class PruningWrapper(keras.layers.Wrapper):
     # The wrapper runs ``layer.call``, which skips the inner layer's activity regularizer
     # (Keras applies it in ``__call__``): the wrapper applies it to the same output instead.
     self.activity_regularizer = layer.activity_regularizer
+    self._group = BudgetGroup()  # a plain holder: Keras' saver walks lists of layers
+
+  def budget_members(self):
+    """The wrappers of this layer's network-wide ``budget_group`` (same class, same group) in
+    its model, by name; itself when it has no group."""
+    if getattr(self, "budget_group", None) is None:
+      return [self]
+    if len(self._group.members) < 2:
+      members = [layer for layer in connected_layers(self)
+                 if type(layer) is type(self) and layer.budget_group == self.budget_group]
+      self._group.members = sorted(members, key=lambda layer: layer.name)
+    return self._group.members
 
   # --- hooks ------------------------------------------------------------------------------------
 
