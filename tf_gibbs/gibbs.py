@@ -8,10 +8,26 @@ import tensorflow as tf
 
 from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import keras
+from tf_gibbs.core import adaptive as adaptive_core
+from tf_gibbs.core import allocation
 from tf_gibbs.core import gibbs as gibbs_lib
 from tf_gibbs.schedule import GibbsSchedule
+from tf_gibbs.schedule import TF_MATH
+from tf_gibbs.schedule import check_choice
+from tf_gibbs.schedule import check_number
 
 TEST_MODES = ("magnitude", "sample")
+ALLOCATIONS = ("per_layer", "network")
+_ONLY_FIRST = tf.VariableAggregation.ONLY_FIRST_REPLICA
+
+
+def check_allocation(allocation_name, frequency, budget_group=None):
+  """Validates the network-wide budget's arguments (both fronts, Gibbs and L0)."""
+  check_choice(allocation_name, "allocation", ALLOCATIONS)
+  frequency = int(check_number(frequency, "allocation_frequency", 1, integer=True))
+  if budget_group is not None and not isinstance(budget_group, str):
+    raise TypeError(f"`budget_group` must be None or a string, got {budget_group!r}.")
+  return frequency
 
 
 def check_test_mode(test_mode):
@@ -88,16 +104,27 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
       ramp, which ends at β = 1, never reaches the target with exact samples).
     mcmc_steps: sweeps of the chromatic sampler (default 50).
     seed: seed of the layer's stateless random stream (mask of step t depends on (seed, t)).
+    allocation: ``"per_layer"`` (default, the paper: every layer prunes round(p·n) of its n
+      groups) or ``"network"``: the wrappers of one ``budget_group`` prune round(p·N) of their
+      N weights together, split between layers by LAMP scores (:mod:`tf_gibbs.core.allocation`);
+      the layer then samples and masks at its share p_l · p(t) / p_T (``allocated_sparsity``
+      holds p_l), recomputed every ``allocation_frequency`` steps and at ``end_step``.
+    allocation_frequency: steps between two allocations (default 100), ≥ 1.
+    budget_group: name shared by the layers of one network-wide budget (``prune_gibbs`` sets
+      it).
   """
 
   def __init__(self, layer, pruning_schedule=None, hamiltonian="unstructured",
                test_mode="magnitude", c=None, sampler=None, mcmc_steps=None, seed=None,
-               **kwargs):
+               allocation="per_layer", allocation_frequency=100, budget_group=None, **kwargs):
     if pruning_schedule is None:
       pruning_schedule = GibbsSchedule()
     check_gibbs_schedule(pruning_schedule, "pruning_schedule")
     energy = make_hamiltonian(hamiltonian, c=c, sampler=sampler, mcmc_steps=mcmc_steps)
     check_test_mode(test_mode)
+    self.allocation_frequency = check_allocation(allocation, allocation_frequency, budget_group)
+    self.allocation = allocation
+    self.budget_group = budget_group
     super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
     self.layout = LAYOUT_OF[type(self.layer)]
     reason = layer_misfit(energy, self.layer)
@@ -110,9 +137,53 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   def build_method_variables(self, weight):
     self._view = gibbs_lib.canonical_shape(weight.shape, self.layout)
+    if self.allocation == "network":
+      self.allocated_sparsity = self.add_weight(
+          "allocated_sparsity", shape=[], dtype=tf.float32, trainable=False,
+          initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity),
+          aggregation=_ONLY_FIRST)
+      self._allocations = adaptive_core.PerGraph()
 
   def target_groups(self):
+    if self.allocation == "network":
+      return None  # the network's budget keeps a group in every layer (core.allocation)
     return target_groups(self._view, self.layout, self.hamiltonian, self.pruning_schedule)
+
+  # --- the network-wide budget ------------------------------------------------------------------
+
+  def _network_allocation(self, step):
+    """p_l of every member at ``step`` (a [members] tensor), built once per traced step by the
+    group's first member and shared; zeros where the allocation is not recomputed."""
+    members = self.budget_members()
+
+    def build():
+      def compute():
+        views = [tf.reshape(m.read_weight(), m._view) for m in members]  # pylint: disable=protected-access
+        return allocation.network_sparsities(
+            views, self.hamiltonian, self.pruning_schedule.target_sparsity, TF_MATH)
+      return tf.cond(self._refresh(step), compute, lambda: tf.zeros([len(members)]))
+
+    shared = members[0]._allocations.get(tuple(id(m) for m in members), build)  # pylint: disable=protected-access
+    return shared[members.index(self)]
+
+  def _refresh(self, step):
+    schedule = self.pruning_schedule
+    return allocation.refresh(step, schedule.begin_step, schedule.end_step,
+                              self.allocation_frequency, TF_MATH)
+
+  def update_allocation(self, step):
+    """Recomputes this layer's share of the network's budget where the schedule says so."""
+    share = self._network_allocation(step)
+    return self.allocated_sparsity.assign(
+        tf.where(self._refresh(step), share, self.allocated_sparsity))
+
+  def sparsity(self, step):
+    """(should_prune, this layer's pruned fraction at ``step``)."""
+    should_prune, sparsity = self.pruning_schedule(step)
+    if self.allocation == "network":
+      sparsity = allocation.layer_sparsity(self.allocated_sparsity, sparsity,
+                                           self.pruning_schedule.target_sparsity, TF_MATH)
+    return should_prune, sparsity
 
   def beta(self, step=None):
     """Inverse temperature at ``step`` (default: the layer's current step)."""
@@ -126,13 +197,16 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     return tf.maximum(mask, tf.cast(tf.logical_not(should_prune), mask.dtype))  # {0, 1} mask
 
   def _sample(self, weight, step, seed):
-    should_prune, sparsity = self.pruning_schedule(step)
+    should_prune, sparsity = self.sparsity(step)
     mask, threshold = self._energy.sample_mask(tf.reshape(weight, self._view), sparsity,
                                                self.beta(step), seed)
     return self._layer_mask(mask, weight, should_prune), threshold
 
   def training_weight(self, weight, step):
     seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+    if self.allocation == "network":
+      with tf.control_dependencies([self.update_allocation(step)]):
+        weight = tf.identity(weight)
     mask, threshold = self._sample(weight, step, seed)
     mask = tf.stop_gradient(mask)
     self.mask.assign(mask)
@@ -141,7 +215,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   def deterministic_mask(self, weight, step):
     """The β → ∞ mask at ``step``: exactly round(p·#groups) groups pruned (ones before begin)."""
-    should_prune, sparsity = self.pruning_schedule(step)
+    should_prune, sparsity = self.sparsity(step)
     mask = self._energy.deterministic_mask(tf.reshape(weight, self._view), sparsity)
     return self._layer_mask(mask, weight, should_prune)
 
@@ -168,6 +242,9 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   def get_config(self):
     config = super().get_config()
-    config.update({"hamiltonian": self.hamiltonian, "test_mode": self.test_mode})
+    config.update({"hamiltonian": self.hamiltonian, "test_mode": self.test_mode,
+                   "allocation": self.allocation,
+                   "allocation_frequency": self.allocation_frequency,
+                   "budget_group": self.budget_group})
     config.update(self._energy.get_config())
     return config

@@ -285,7 +285,8 @@ def _layer_seed(seed, index):
 
 
 def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="magnitude",
-                skip=None, seed=None, c=None, sampler=None, mcmc_steps=None):
+                skip=None, seed=None, c=None, sampler=None, mcmc_steps=None,
+                allocation="per_layer", allocation_frequency=100):
   """Wraps a model or layers for Gibbs pruning (Labach & Valaee, arXiv 2006.04981).
 
   Each wrapped layer samples a pruning mask x ~ p(x) ∝ exp(−β H(x; w)) at every training step
@@ -320,6 +321,16 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
     c: coupling of the kernel (default 0.01) or filter (default 1.0) Hamiltonian.
     sampler: filter Hamiltonian: ``"chromatic"`` (reference MCMC, default) or ``"exact"``.
     mcmc_steps: sweeps of the chromatic sampler (default 50).
+    allocation: ``"per_layer"`` (default; the paper's: every layer at the schedule's p) or
+      ``"network"``: one budget, round(p·N) of the N weights of all the layers wrapped by this
+      call, split between them by LAMP scores (Lee et al., ICLR 2021; see
+      :mod:`tf_gibbs.core.allocation`): each layer's Gibbs marginals, annealing and exact-count
+      mask then use its share. Every layer keeps at least one group. Pick ``"network"`` at high
+      targets (≥ 95 %) on models whose layers differ in size or sensitivity (small first
+      convolutions, a classifier); ``"per_layer"`` to reproduce the paper or to control each
+      layer's sparsity.
+    allocation_frequency: steps between two recomputations of the network's split (default
+      100; also at ``end_step``, where it becomes final).
 
   Returns:
     The wrapped model, layer or list of layers.
@@ -330,6 +341,10 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
   energy = gibbs_lib.make_hamiltonian(hamiltonian, c=c, sampler=sampler, mcmc_steps=mcmc_steps)
   gibbs_lib.check_test_mode(test_mode)
   wrapper_lib.check_seed(seed)
+  gibbs_lib.check_allocation(allocation, allocation_frequency)
+  group = uuid.uuid4().hex if allocation == "network" else None
+  network = {"allocation": allocation, "allocation_frequency": allocation_frequency,
+             "budget_group": group}
 
   if targets_keras3(to_prune):
     from tf_gibbs.keras3 import gibbs as gibbs3  # pylint: disable=g-import-not-at-top
@@ -337,7 +352,8 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
     def make_wrapper3(layer, index):
       return gibbs3.GibbsPruning(layer, pruning_schedule=schedule, hamiltonian=hamiltonian,
                                  test_mode=test_mode, c=c, sampler=sampler,
-                                 mcmc_steps=mcmc_steps, seed=_layer_seed(seed, index))
+                                 mcmc_steps=mcmc_steps, seed=_layer_seed(seed, index),
+                                 **network)
 
     return _apply_keras3(to_prune, make_wrapper3, skip, "prune_gibbs",
                          lambda layer: energy.check_layout(_keras3_layout(layer)))
@@ -345,7 +361,8 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
   def make_wrapper(layer, index):
     return gibbs_lib.GibbsPruning(layer, pruning_schedule=schedule, hamiltonian=hamiltonian,
                                   test_mode=test_mode, c=c, sampler=sampler,
-                                  mcmc_steps=mcmc_steps, seed=_layer_seed(seed, index))
+                                  mcmc_steps=mcmc_steps, seed=_layer_seed(seed, index),
+                                  **network)
 
   return apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_gibbs",
                         fits=functools.partial(gibbs_lib.layer_misfit, energy))
