@@ -45,6 +45,12 @@ METHODS = {
     "gibbs-filter-exact": lambda m: tf_gibbs.prune_gibbs(
         m, tf_gibbs.GibbsSchedule(0.5, end_step=END), hamiltonian="filter", sampler="exact",
         seed=3),
+    "gibbs-unstructured-network": lambda m: tf_gibbs.prune_gibbs(
+        m, tf_gibbs.GibbsSchedule(0.8, end_step=END), seed=3, allocation="network",
+        allocation_frequency=2),
+    "gibbs-filter-network": lambda m: tf_gibbs.prune_gibbs(
+        m, tf_gibbs.GibbsSchedule(0.8, end_step=END), hamiltonian="filter", sampler="exact",
+        seed=3, allocation="network"),
     "l0-weight-budget": lambda m: tf_gibbs.prune_l0(
         m, schedule=tf_gibbs.L0Schedule(1.0, target_sparsity=0.5, end_step=END, frequency=2),
         seed=3),
@@ -95,7 +101,21 @@ def _check_exact_strip(pruned, method, wrappers):
   np.testing.assert_allclose(to_numpy(stripped.predict(x, verbose=0)),
                              to_numpy(pruned.predict(x, verbose=0)), atol=1e-6)
   kernels = {layer.name: layer.get_weights()[0] for layer in stripped.layers if layer.weights}
-  if method == "adaptive":
+  if method.endswith("-network"):  # one budget over all wrapped layers, split by LAMP
+    pruned_weights = total = 0
+    for wrapper in wrappers:
+      view = wrapper._view  # pylint: disable=protected-access
+      groups = {"unstructured": math.prod(view), "filter": view[2]}[wrapper.hamiltonian]
+      share = float(to_numpy(wrapper.allocated_sparsity.value))
+      zero = _zero_groups(kernels[wrapper.layer.name], wrapper)
+      assert zero == round(share * groups) < groups, wrapper.name  # its share; keeps a group
+      pruned_weights += zero * math.prod(view) // groups
+      total += math.prod(view)
+    if wrappers[0].hamiltonian == "unstructured":
+      assert pruned_weights == round(0.8 * total)  # the network's count, exactly
+    else:
+      assert pruned_weights <= round(0.8 * total)
+  elif method == "adaptive":
     budget = [kernels[w.layer.name] for w in wrappers]  # the layers under the budget
     total = sum(k.size for k in budget)
     zero = sum(int((k == 0).sum()) for k in budget)
@@ -121,7 +141,8 @@ def test_prune_fit_strip_is_exact_and_leaves_the_user_model_alone(method):
     np.testing.assert_array_equal(old, new)
 
 
-@pytest.mark.parametrize("method", ["gibbs-unstructured", "l0-weight-budget", "adaptive"])
+@pytest.mark.parametrize("method", ["gibbs-unstructured", "gibbs-unstructured-network",
+                                    "l0-weight-budget", "adaptive"])
 def test_save_load_resume_equals_an_uninterrupted_fit(method, tmp_path):
   x, y = data()
   keras.utils.set_random_seed(5)

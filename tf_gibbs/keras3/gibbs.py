@@ -11,6 +11,7 @@ import keras
 from keras import ops
 
 from tf_gibbs import gibbs as gibbs_front
+from tf_gibbs.core import allocation
 from tf_gibbs.core import gibbs as gibbs_core
 from tf_gibbs.core import neutral
 from tf_gibbs.keras3 import wrapper as wrapper_lib
@@ -65,13 +66,14 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
   x ~ p(x) ∝ exp(−β H(x; w)) (methods.md §1) is drawn; the layer computes with w ⊙ x (no
   gradient through x). Inference (``test_mode="magnitude"``) and stripping use the exact-count
   mask: min(round(p·n), n − 1) groups of smallest Σw² pruned. Same arguments and meaning as
-  :class:`tf_gibbs.GibbsPruning` (tf_keras); the uniforms are :func:`tf_gibbs.core.neutral.hash_uniform`
-  of (seed, step), identical on every backend.
+  :class:`tf_gibbs.GibbsPruning` (tf_keras), including ``allocation="network"`` (one budget
+  over a ``budget_group``, split by LAMP scores: :mod:`tf_gibbs.core.allocation`); the uniforms
+  are :func:`tf_gibbs.core.neutral.hash_uniform` of (seed, step), identical on every backend.
   """
 
   def __init__(self, layer, pruning_schedule=None, hamiltonian="unstructured",
                test_mode="magnitude", c=None, sampler=None, mcmc_steps=None, seed=None,
-               **kwargs):
+               allocation="per_layer", allocation_frequency=100, budget_group=None, **kwargs):
     if pruning_schedule is None:
       pruning_schedule = GibbsSchedule()
     pruning_schedule = wrapper_lib.schedule_from_config(pruning_schedule)
@@ -79,6 +81,10 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     energy = gibbs_front.make_hamiltonian(hamiltonian, c=c, sampler=sampler,
                                           mcmc_steps=mcmc_steps)
     gibbs_front.check_test_mode(test_mode)
+    self.allocation_frequency = gibbs_front.check_allocation(allocation, allocation_frequency,
+                                                             budget_group)
+    self.allocation = allocation
+    self.budget_group = budget_group
     super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
     reason = energy.check_layout(self.layout)
     if reason is not None:
@@ -92,17 +98,61 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   def build_method_variables(self, weight):
     self._view = gibbs_core.canonical_shape(weight.shape, self.layout)
+    if self.allocation == "network":
+      self.allocated_sparsity = self.add_state(
+          "allocated_sparsity", (),
+          initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity))
 
   def target_groups(self):
+    if self.allocation == "network":
+      return None  # the network's budget keeps a group in every layer (core.allocation)
     return gibbs_front.target_groups(self._view, self.layout, self.hamiltonian,
                                      self.pruning_schedule)
+
+  # --- the network-wide budget ------------------------------------------------------------------
+
+  def _refresh(self, step):
+    schedule = self.pruning_schedule
+    return allocation.refresh(step, schedule.begin_step, schedule.end_step,
+                              self.allocation_frequency, KERAS_MATH)
+
+  def _network_allocation(self, step):
+    """p_l of every member at ``step``, built once per traced step (TensorFlow graph, JAX
+    trace) and shared by the members; zeros where the allocation is not recomputed."""
+    members = self.budget_members()
+
+    def compute():
+      views = [ops.reshape(m.read_weight(), m._view) for m in members]  # pylint: disable=protected-access
+      return allocation.network_sparsities(
+          views, self.hamiltonian, self.pruning_schedule.target_sparsity, KERAS_MATH)
+
+    shared = wrapper_lib.once_per_trace(
+        members[0]._group, ("allocation",) + tuple(id(m) for m in members),  # pylint: disable=protected-access
+        lambda: ops.cond(self._refresh(step), compute, lambda: ops.zeros((len(members),))))
+    return shared[members.index(self)]
+
+  def _exact_target(self):
+    """The Python target whose count is computed in Python (:func:`neutral.pruned_count`);
+    none for a network share, which is a count over the layer's groups already."""
+    return None if self.allocation == "network" else self.pruning_schedule.target_sparsity
+
+  def sparsity(self, step, allocated=None):
+    """(should_prune, this layer's pruned fraction at ``step``); ``allocated``: its network
+    share if not the stored one."""
+    should_prune, sparsity = self.pruning_schedule(step, KERAS_MATH)
+    if self.allocation == "network":
+      if allocated is None:
+        allocated = self.read_state(self.allocated_sparsity)
+      sparsity = allocation.layer_sparsity(allocated, sparsity,
+                                           self.pruning_schedule.target_sparsity, KERAS_MATH)
+    return should_prune, sparsity
 
   def beta(self, step=None):
     step = self.pruning_step.value if step is None else step
     return self.pruning_schedule.beta(step, KERAS_MATH)
 
-  def _sample(self, weight, step, seed):
-    should_prune, sparsity = self.pruning_schedule(step, KERAS_MATH)
+  def _sample(self, weight, step, seed, allocated=None):
+    should_prune, sparsity = self.sparsity(step, allocated)
     energy = self._energy
     sample = _sampler(keras.backend.backend(), self.hamiltonian, getattr(energy, "c", None),
                       getattr(energy, "sampler", None), getattr(energy, "mcmc_steps", None),
@@ -121,7 +171,12 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     return ops.maximum(mask, ops.cast(ops.logical_not(should_prune), "float32"))
 
   def training_weight(self, weight, step):
-    mask, threshold = self._sample(weight, step, self.seed)
+    allocated = None
+    if self.allocation == "network":
+      allocated = ops.where(self._refresh(step), self._network_allocation(step),
+                            self.read_state(self.allocated_sparsity))
+      self.allocated_sparsity.assign(allocated)
+    mask, threshold = self._sample(weight, step, self.seed, allocated)
     mask = ops.stop_gradient(mask)
     self.mask.assign(mask)
     self.threshold.assign(threshold)
@@ -129,9 +184,9 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   def deterministic_mask(self, weight, step):
     """The β → ∞ mask at ``step``: exactly min(round(p·#groups), #groups − 1) pruned."""
-    should_prune, sparsity = self.pruning_schedule(step, KERAS_MATH)
+    should_prune, sparsity = self.sparsity(step)
     mask = neutral.deterministic_mask(self.hamiltonian, ops.reshape(weight, self._view),
-                                      sparsity, exact=self.pruning_schedule.target_sparsity)
+                                      sparsity, exact=self._exact_target())
     return self._layer_mask(mask, weight, should_prune)
 
   def deterministic_weight(self, weight, step):
@@ -146,6 +201,9 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   def get_config(self):
     config = super().get_config()
-    config.update({"hamiltonian": self.hamiltonian, "test_mode": self.test_mode})
+    config.update({"hamiltonian": self.hamiltonian, "test_mode": self.test_mode,
+                   "allocation": self.allocation,
+                   "allocation_frequency": self.allocation_frequency,
+                   "budget_group": self.budget_group})
     config.update(self._energy.get_config())
     return config
