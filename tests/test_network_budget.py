@@ -143,3 +143,63 @@ def test_bad_allocation_arguments_are_named():
     tf_gibbs.prune_gibbs(small_cnn(), allocation="global")
   with pytest.raises(ValueError, match="allocation_frequency"):
     tf_gibbs.prune_gibbs(small_cnn(), allocation="network", allocation_frequency=0)
+
+
+# --- L0 gates: the budget's ranking over all gates of the model -----------------------------------
+
+L0_AXES = {"weight": (), "kernel": (0,), "filter": (0, 1)}
+
+
+def _l0(granularity, target, end_step=12, frequency=3, model=None):
+  schedule = tf_gibbs.L0Schedule(1.0, target_sparsity=target, end_step=end_step,
+                                 frequency=frequency)
+  return compile_model(tf_gibbs.prune_l0(model or _scaled_cnn(), granularity=granularity,
+                                         schedule=schedule, seed=3, allocation="network"))
+
+
+@pytest.mark.parametrize("granularity", ["weight", "kernel"])
+def test_l0_network_budget_prunes_the_exact_global_count(granularity):
+  target = 0.9
+  model = _l0(granularity, target)
+  x, _ = _fit(model, epochs=4)  # 16 steps: past end_step 12, the gates are frozen
+  own = wrappers(model, tf_gibbs.L0Gates)
+  shares = [float(w.allocated_sparsity) for w in own]
+  for strip in (tf_gibbs.strip_pruning, tfmot.sparsity.keras.strip_pruning):
+    stripped, _ = check_strip(model, strip, x, tf_gibbs.L0Gates)
+    kernels = {l.name: l.kernel.numpy() for l in stripped.layers if hasattr(l, "kernel")}
+    pruned_weights = total = 0
+    for w, share in zip(own, shares):
+      zero = np.reshape(kernels[w.layer.name], w._view) == 0
+      axes = L0_AXES[granularity]
+      groups = zero.all(axis=axes) if axes else zero
+      assert int(groups.sum()) == round(share * groups.size) < groups.size, w.layer.name
+      pruned_weights += int(groups.sum()) * (zero.size // groups.size)
+      total += zero.size
+    if granularity == "weight":
+      assert pruned_weights == round(target * total)  # the network's count, exactly
+    else:
+      assert pruned_weights <= round(target * total)
+  assert max(shares) - min(shares) > 0.1  # the layers carry different shares
+
+
+def test_l0_network_budget_survives_save_load_and_needs_a_budget(tmp_path):
+  model = _l0("weight", 0.8, end_step=16, frequency=2)
+  x, y = _fit(model, epochs=1)
+  loaded, pairs = reload(model, str(tmp_path / "model.keras"), x, tf_gibbs.L0Gates)
+  for m in (model, loaded):
+    _fit(m, epochs=4, x=x, y=y)  # past end_step
+  for original, restored in pairs:
+    assert float(restored.allocated_sparsity) == float(original.allocated_sparsity)
+    np.testing.assert_array_equal(restored.mask.numpy(), original.mask.numpy())
+  with pytest.raises(ValueError, match="target_sparsity"):
+    tf_gibbs.prune_l0(small_cnn(), allocation="network")
+
+
+def test_each_layers_share_reaches_the_logs():
+  model = _pruned("unstructured", 0.9, end_step=8)
+  x, y = random_data(64)
+  history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                      callbacks=[tf_gibbs.UpdatePruningStep()])
+  for w in wrappers(model, tf_gibbs.GibbsPruning):
+    logged = history.history[f"allocated_sparsity_{w.layer.name}"]
+    assert len(logged) == 2 and logged[-1] == float(w.allocated_sparsity)

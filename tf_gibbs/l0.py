@@ -10,10 +10,14 @@ import tensorflow as tf
 
 from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import keras
+from tf_gibbs.core import adaptive as adaptive_core
+from tf_gibbs.core import allocation
 from tf_gibbs.core import gibbs as gibbs_core
 from tf_gibbs.core import l0 as l0_core
+from tf_gibbs.gibbs import ALLOCATIONS
 from tf_gibbs.gibbs import LAYOUT_OF
 from tf_gibbs.schedule import L0Schedule
+from tf_gibbs.schedule import TF_MATH
 from tf_gibbs.schedule import check_choice
 from tf_gibbs.schedule import check_number
 
@@ -31,6 +35,18 @@ def check_l0_schedule(schedule, argument="schedule"):
     raise TypeError(f"`{argument}` of L0 gates must be a tf_gibbs.L0Schedule (it sets the "
                     f"penalty strength and budget), got {type(schedule).__name__}.")
   return schedule
+
+
+def check_network_allocation(allocation_name, schedule, budget_group=None):
+  """L0's ``allocation`` (both fronts): ``"network"`` ranks the gates of one budget together,
+  so it needs the schedule's budget."""
+  check_choice(allocation_name, "allocation", ALLOCATIONS)
+  if allocation_name == "network" and not schedule.has_budget:
+    raise ValueError("allocation='network' splits a sparsity budget between layers: give "
+                     "`target_sparsity` (or an L0Schedule with target_sparsity).")
+  if budget_group is not None and not isinstance(budget_group, str):
+    raise TypeError(f"`budget_group` must be None or a string, got {budget_group!r}.")
+  return allocation_name
 
 
 def layer_misfit(granularity, layer):
@@ -84,11 +100,18 @@ class L0Gates(wrapper_lib.PruningWrapper):
     penalty_normalizer: number of gated weights the penalty is divided by; None = all the
       weights gated by the same ``prune_l0`` call (this layer's own when wrapped alone).
     seed: seed of the stateless noise of stochastic mode (gates of step t depend on (seed, t)).
+    allocation: ``"per_layer"`` (default: each layer's budget is round(s·n) of its n gates) or
+      ``"network"`` (budget mode only): the budget's ranking runs over all gates of the
+      ``budget_group``, round(s·N) of the N gated weights together, split between layers by
+      LAMP scores of the gated magnitudes (:mod:`tf_gibbs.core.allocation`) at every re-ranking
+      step; ``allocated_sparsity`` holds the layer's share.
+    budget_group: name shared by the layers of one network-wide budget (``prune_l0`` sets it).
   """
 
   def __init__(self, layer, pruning_schedule=None, granularity="weight", mode="deterministic",
                temperature=l0_core.TEMPERATURE, gate_lr_multiplier=50.0, initial_log_alpha=3.0,
-               penalty_normalizer=None, seed=None, **kwargs):
+               penalty_normalizer=None, seed=None, allocation="per_layer", budget_group=None,
+               **kwargs):
     if pruning_schedule is None:
       pruning_schedule = L0Schedule()
     check_l0_schedule(pruning_schedule, "pruning_schedule")
@@ -102,6 +125,8 @@ class L0Gates(wrapper_lib.PruningWrapper):
       penalty_normalizer = int(
           check_number(penalty_normalizer, "penalty_normalizer", 1, integer=True))
     self.penalty_normalizer = penalty_normalizer
+    self.allocation = check_network_allocation(allocation, pruning_schedule, budget_group)
+    self.budget_group = budget_group
     super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
     reason = layer_misfit(granularity, self.layer)
     if reason is not None:
@@ -136,6 +161,12 @@ class L0Gates(wrapper_lib.PruningWrapper):
       self.budget_targets = self.add_weight(
           "budget_targets", shape=shape, dtype=tf.float32, initializer="zeros",
           trainable=False, aggregation=_ONLY_FIRST)
+    if self.allocation == "network":
+      self.allocated_sparsity = self.add_weight(
+          "allocated_sparsity", shape=[], dtype=tf.float32, trainable=False,
+          initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity),
+          aggregation=_ONLY_FIRST)
+      self._allocations = adaptive_core.PerGraph()
     self.add_loss(self.group_penalty)
 
   def _constraint(self):
@@ -152,7 +183,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
                  "input_unit": "input units"}
 
   def target_groups(self):
-    if not self.pruning_schedule.has_budget:
+    if not self.pruning_schedule.has_budget or self.allocation == "network":
       return None
     return (math.prod(self.gate_parameter.shape), self.GROUP_NAMES[self.granularity],
             self.pruning_schedule.target_sparsity)
@@ -198,8 +229,44 @@ class L0Gates(wrapper_lib.PruningWrapper):
     return (tf.convert_to_tensor(self.budget_targets) if budget else tf.zeros([]),
             tf.convert_to_tensor(self.log_penalty_factor))
 
+  # --- the network-wide budget ------------------------------------------------------------------
+
+  def _network_allocation(self, step):
+    """Every member's share of the budget (a [members] tensor) at a re-ranking step, from the
+    gated magnitudes the budget ranks (:func:`l0_core.group_importance`); built once per traced
+    step by the group's first member, zeros at other steps."""
+    members = self.budget_members()
+
+    def compute():
+      energies, sizes = [], []
+      for m in members:
+        gates = l0_core.deterministic_gate(m.log_alpha, straight_through=False)
+        importance = l0_core.group_importance(tf.reshape(m.read_weight(), m._view), gates)  # pylint: disable=protected-access
+        energies.append(tf.reshape(importance, [-1]))
+        sizes.append(m.gated_weights // math.prod(m.gate_parameter.shape))
+      return allocation.shares(energies, sizes, self.pruning_schedule.target_sparsity, TF_MATH)
+
+    def build():
+      return tf.cond(self.pruning_schedule.rerank(step), compute,
+                     lambda: tf.zeros([len(members)]))
+
+    shared = members[0]._allocations.get(tuple(id(m) for m in members), build)  # pylint: disable=protected-access
+    return shared[members.index(self)]
+
+  def _layer_sparsity(self, step):
+    """This layer's budget at ``step`` under the network's (None per layer), after updating its
+    share at the re-ranking steps."""
+    if self.allocation != "network":
+      return None
+    schedule = self.pruning_schedule
+    allocated = self.allocated_sparsity.assign(tf.where(
+        schedule.rerank(step), self._network_allocation(step), self.allocated_sparsity))
+    return allocation.layer_sparsity(allocated, schedule.sparsity(step),
+                                     schedule.target_sparsity, TF_MATH)
+
   def training_weight(self, weight, step):
     targets, log_factor = self._targets_and_factor()
+    sparsity = self._layer_sparsity(step)
     noise = None
     if self.mode != "deterministic":
       seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
@@ -207,7 +274,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
     gated, mask, targets, log_factor = l0_core.training_step(
         weight, tf.identity(self.mask), tf.convert_to_tensor(self.gate_parameter), targets,
         log_factor, step, noise, schedule=self.pruning_schedule, view=self._view,
-        scale=self.gate_lr_multiplier, temperature=self.temperature)
+        scale=self.gate_lr_multiplier, temperature=self.temperature, sparsity=sparsity)
     updates = [self.mask.assign(mask)]
     if self.pruning_schedule.has_budget:
       updates += [self.budget_targets.assign(targets), self.log_penalty_factor.assign(log_factor)]
@@ -282,5 +349,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
         "gate_lr_multiplier": self.gate_lr_multiplier,
         "initial_log_alpha": self.initial_log_alpha,
         "penalty_normalizer": self.normalizer() if self.built else self.penalty_normalizer,
+        "allocation": self.allocation,
+        "budget_group": self.budget_group,
     })
     return config

@@ -369,7 +369,8 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
 
 
 def prune_l0(to_prune, granularity="weight", mode="deterministic", l0_strength=None,
-             target_sparsity=None, schedule=None, skip=None, seed=None, **gate_kwargs):
+             target_sparsity=None, schedule=None, skip=None, seed=None, allocation="per_layer",
+             **gate_kwargs):
   """Wraps a model or layers with trainable L0 gates (see :class:`tf_gibbs.L0Gates`).
 
   Every kernel is multiplied by approximately binary gates with exact zeros (DiffPrune-style
@@ -396,6 +397,12 @@ def prune_l0(to_prune, granularity="weight", mode="deterministic", l0_strength=N
       shorthands.
     skip: layers to leave dense: a name, a list of names, or ``callable(layer) -> bool``.
     seed: None, or an integer from which each wrapped layer's seed is derived.
+    allocation: ``"per_layer"`` (default: every layer ends at the budget) or ``"network"``
+      (needs a budget): round(s·N) of the N weights gated by this call end at zero together,
+      the budget's ranking run over all their gates and split between layers by LAMP scores
+      of the gated magnitudes (Lee et al., ICLR 2021; :mod:`tf_gibbs.core.allocation`);
+      every layer keeps a gate open. Pick ``"network"`` at high targets (≥ 95 %) when layers
+      differ in size or sensitivity.
     **gate_kwargs: ``temperature``, ``gate_lr_multiplier``, ``initial_log_alpha`` of
       :class:`tf_gibbs.L0Gates`.
 
@@ -416,6 +423,9 @@ def prune_l0(to_prune, granularity="weight", mode="deterministic", l0_strength=N
     raise TypeError(f"prune_l0 got unexpected arguments {unknown}; accepted extra arguments: "
                     f"{list(l0_lib.GATE_ARGUMENTS)}.")
   wrapper_lib.check_seed(seed)
+  l0_lib.check_network_allocation(allocation, schedule)
+  gate_kwargs.update(allocation=allocation,
+                     budget_group=uuid.uuid4().hex if allocation == "network" else None)
   group = l0_lib.PenaltyGroup()
   if targets_keras3(to_prune):
     from tf_gibbs.keras3 import l0 as l0_3  # pylint: disable=g-import-not-at-top

@@ -51,6 +51,9 @@ METHODS = {
     "gibbs-filter-network": lambda m: tf_gibbs.prune_gibbs(
         m, tf_gibbs.GibbsSchedule(0.8, end_step=END), hamiltonian="filter", sampler="exact",
         seed=3, allocation="network"),
+    "l0-weight-network": lambda m: tf_gibbs.prune_l0(
+        m, schedule=tf_gibbs.L0Schedule(1.0, target_sparsity=0.8, end_step=END, frequency=2),
+        seed=3, allocation="network"),
     "l0-weight-budget": lambda m: tf_gibbs.prune_l0(
         m, schedule=tf_gibbs.L0Schedule(1.0, target_sparsity=0.5, end_step=END, frequency=2),
         seed=3),
@@ -105,13 +108,15 @@ def _check_exact_strip(pruned, method, wrappers):
     pruned_weights = total = 0
     for wrapper in wrappers:
       view = wrapper._view  # pylint: disable=protected-access
-      groups = {"unstructured": math.prod(view), "filter": view[2]}[wrapper.hamiltonian]
+      kind = getattr(wrapper, "hamiltonian", None) or getattr(wrapper, "granularity", None)
+      groups = {"unstructured": math.prod(view), "weight": math.prod(view),
+                "filter": view[2]}[kind]
       share = float(to_numpy(wrapper.allocated_sparsity.value))
       zero = _zero_groups(kernels[wrapper.layer.name], wrapper)
       assert zero == round(share * groups) < groups, wrapper.name  # its share; keeps a group
       pruned_weights += zero * math.prod(view) // groups
       total += math.prod(view)
-    if wrappers[0].hamiltonian == "unstructured":
+    if groups == math.prod(view):  # single weights
       assert pruned_weights == round(0.8 * total)  # the network's count, exactly
     else:
       assert pruned_weights <= round(0.8 * total)
@@ -142,7 +147,7 @@ def test_prune_fit_strip_is_exact_and_leaves_the_user_model_alone(method):
 
 
 @pytest.mark.parametrize("method", ["gibbs-unstructured", "gibbs-unstructured-network",
-                                    "l0-weight-budget", "adaptive"])
+                                    "l0-weight-budget", "l0-weight-network", "adaptive"])
 def test_save_load_resume_equals_an_uninterrupted_fit(method, tmp_path):
   x, y = data()
   keras.utils.set_random_seed(5)
@@ -421,3 +426,15 @@ def test_strip_of_a_layer_and_of_an_unfinished_schedule_warns():
   _fit(pruned, epochs=1)  # 4 of 6 steps
   with pytest.warns(UserWarning, match="has not reached its end step"):
     tf_gibbs.strip_pruning(pruned)
+
+
+def test_network_shares_reach_the_logs_through_the_step_callback():
+  pruned = METHODS["l0-weight-network"](small_model())
+  x, y = data()
+  pruned.compile(keras.optimizers.Adam(1e-2), "mse")
+  history = pruned.fit(x, y, epochs=2, batch_size=8, verbose=0,
+                       callbacks=[tf_gibbs.UpdatePruningStep()])
+  wrappers = _wrappers(pruned)
+  shares = [float(to_numpy(w.allocated_sparsity.value)) for w in wrappers]
+  assert [history.history[f"allocated_sparsity_{w.layer.name}"][-1] for w in wrappers] == shares
+  assert len(set(shares)) > 1

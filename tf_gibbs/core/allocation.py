@@ -127,10 +127,15 @@ def network_sparsities(views, hamiltonian, target_sparsity, xp):
   layer): :func:`network_counts` on the groups of ``hamiltonian``."""
   axes = group_axes(hamiltonian)
   energies = [group_energies(view, axes, xp) for view in views]
-  groups = [int(e.shape[0]) for e in energies]
-  sizes = [int(_numel(view.shape)) // g for view, g in zip(views, groups)]
-  counts = network_counts(energies, sizes, target_sparsity, xp)
-  return xp.cast(counts, "float32") / xp.constant([float(g) for g in groups], "float32")
+  sizes = [int(_numel(view.shape)) // int(e.shape[0]) for view, e in zip(views, energies)]
+  return shares(energies, sizes, target_sparsity, xp)
+
+
+def shares(energies, group_sizes, target_sparsity, xp):
+  """p_l = (groups pruned in layer l) / (groups of l): :func:`network_counts` as fractions."""
+  counts = network_counts(energies, group_sizes, target_sparsity, xp)
+  groups = [float(int(e.shape[0])) for e in energies]
+  return xp.cast(counts, "float32") / xp.constant(groups, "float32")
 
 
 def _numel(shape):

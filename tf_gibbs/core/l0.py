@@ -230,7 +230,7 @@ def budget_targets(importance, sparsity):
 
 
 def training_step(weight, mask, parameter, targets, log_factor, step, noise, *, schedule, view,
-                  scale, temperature):
+                  scale, temperature, sparsity=None):
   """One training step of a gated kernel, all of it: (training weight, mask, targets, log factor).
 
   ``schedule`` (an :class:`tf_gibbs.L0Schedule`, used as pure functions of ``step``) gives
@@ -242,7 +242,9 @@ def training_step(weight, mask, parameter, targets, log_factor, step, noise, *, 
   Budget mode: ``targets`` (group shape) is re-ranked (:func:`budget_targets`) on the
   schedule's re-ranking steps; at the end step the targeted gates still open are closed; the
   controller's log factor μ moves by budget_gain · (s(step) − fraction of ẑ that is 0) while the
-  schedule prunes. Without a budget ``targets`` and ``log_factor`` pass through.
+  schedule prunes. Without a budget ``targets`` and ``log_factor`` pass through. ``sparsity``:
+  the layer's budget at this step where it is not the schedule's s(step) (its share of a
+  network-wide budget, :func:`tf_gibbs.core.allocation.layer_sparsity`).
 
   Gradients reach ``weight`` and ``parameter``. Plain ops (the budget's ranking excepted):
   run as one nested XLA cluster per layer it measured no faster on CPU
@@ -250,6 +252,8 @@ def training_step(weight, mask, parameter, targets, log_factor, step, noise, *, 
   """
   step = tf.cast(step, tf.int64)
   should_prune, target = schedule(step)
+  if sparsity is not None:
+    target = sparsity
   finished = step >= schedule.end_step
   log_alpha = scaled_parameter(parameter, scale)
   deterministic = deterministic_gate(log_alpha, straight_through=noise is None)

@@ -589,15 +589,19 @@ def gate_noise(shape, seed, step):
 
 
 def l0_training_step(weight, mask, parameter, targets, log_factor, step, noise, *, schedule,
-                     view, scale, temperature, xp):
+                     view, scale, temperature, xp, sparsity=None):
   """One training step of a gated kernel: (training weight, mask, targets, log factor).
 
   The same phases as :func:`tf_gibbs.core.l0.training_step` (gates live from begin_step to
   end_step, the budget's targets re-ranked on the schedule's steps and its controller
   μ ← clip(μ + gain·(reachable fraction − closed fraction), −20, 20), frozen gates and
-  fine-tuning from end_step on), with selects instead of conds.
+  fine-tuning from end_step on), with selects instead of conds. ``sparsity``: the layer's
+  budget where it is not the schedule's (a network-wide share).
   """
   should_prune, target = schedule(step, xp)
+  exact = schedule.target_sparsity
+  if sparsity is not None:
+    target, exact = sparsity, None
   finished = step >= schedule.end_step
   live = ops.logical_and(should_prune, ops.logical_not(finished))
   log_alpha = scaled_parameter(parameter, scale)
@@ -611,7 +615,6 @@ def l0_training_step(weight, mask, parameter, targets, log_factor, step, noise, 
 
   frozen = mask
   if schedule.has_budget:
-    exact = schedule.target_sparsity
     targets = ops.cond(
         schedule.rerank(step, xp),
         lambda: budget_targets(group_importance(weight_view, sg(deterministic)), target, exact),

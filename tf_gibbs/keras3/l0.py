@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from tf_gibbs import l0 as l0_front
+from tf_gibbs.core import allocation
 from tf_gibbs.core import gibbs as gibbs_core
 from tf_gibbs.core import l0 as l0_core
 from tf_gibbs.core import neutral
@@ -43,8 +44,9 @@ class L0Gates(wrapper_lib.PruningWrapper):
   z = clip((ζ − γ) σ(log α) + γ, 0, 1) (deterministic) or the hard-concrete sample
   (stochastic); the loss gets λ · Σ P(z > 0) · (weights per gate) / (gated weights of the
   ``prune_l0`` call), through ``add_loss`` in training calls. Same arguments and meaning as
-  :class:`tf_gibbs.L0Gates` (tf_keras), including the budget controller. From ``end_step`` on the
-  gates are frozen in ``mask`` and the weights fine-tune under them.
+  :class:`tf_gibbs.L0Gates` (tf_keras), including the budget controller and
+  ``allocation="network"``. From ``end_step`` on the gates are frozen in ``mask`` and the
+  weights fine-tune under them.
   """
 
   LOG_ALPHA_MARGIN = l0_front.L0Gates.LOG_ALPHA_MARGIN
@@ -52,11 +54,15 @@ class L0Gates(wrapper_lib.PruningWrapper):
 
   def __init__(self, layer, pruning_schedule=None, granularity="weight", mode="deterministic",
                temperature=l0_core.TEMPERATURE, gate_lr_multiplier=50.0, initial_log_alpha=3.0,
-               penalty_normalizer=None, seed=None, **kwargs):
+               penalty_normalizer=None, seed=None, allocation="per_layer", budget_group=None,
+               **kwargs):
     if pruning_schedule is None:
       pruning_schedule = L0Schedule()
     pruning_schedule = wrapper_lib.schedule_from_config(pruning_schedule)
     l0_front.check_l0_schedule(pruning_schedule, "pruning_schedule")
+    self.allocation = l0_front.check_network_allocation(allocation, pruning_schedule,
+                                                        budget_group)
+    self.budget_group = budget_group
     l0_front.check_mode(mode)
     l0_core.check_granularity(granularity)
     self.temperature = float(check_number(temperature, "temperature", 0.0, False))
@@ -92,12 +98,16 @@ class L0Gates(wrapper_lib.PruningWrapper):
     self.log_penalty_factor = self.add_state("log_penalty_factor", ())
     if self.pruning_schedule.has_budget:
       self.budget_targets = self.add_state("budget_targets", shape)
+    if self.allocation == "network":
+      self.allocated_sparsity = self.add_state(
+          "allocated_sparsity", (),
+          initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity))
 
   def method_state(self):
     return [self.log_penalty_factor]
 
   def target_groups(self):
-    if not self.pruning_schedule.has_budget:
+    if not self.pruning_schedule.has_budget or self.allocation == "network":
       return None
     return (math.prod(self.gate_parameter.shape), self.GROUP_NAMES[self.granularity],
             self.pruning_schedule.target_sparsity)
@@ -124,8 +134,42 @@ class L0Gates(wrapper_lib.PruningWrapper):
                if self.pruning_schedule.has_budget else ops.zeros(()))
     return targets, self.read_state(self.log_penalty_factor)
 
+  def _network_allocation(self, step):
+    """Every member's share of the budget at a re-ranking step (gated magnitudes, LAMP), built
+    once per traced step and shared; zeros at other steps."""
+    members = self.budget_members()
+
+    def compute():
+      energies, sizes = [], []
+      for m in members:
+        gates = neutral.deterministic_gate(m.log_alpha, straight_through_clip=False)
+        importance = neutral.group_importance(ops.reshape(m.read_weight(), m._view), gates)  # pylint: disable=protected-access
+        energies.append(ops.reshape(importance, (-1,)))
+        sizes.append(m.gated_weights // math.prod(m.gate_parameter.shape))
+      return allocation.shares(energies, sizes, self.pruning_schedule.target_sparsity,
+                               KERAS_MATH)
+
+    shared = wrapper_lib.once_per_trace(
+        members[0]._group, ("allocation",) + tuple(id(m) for m in members),  # pylint: disable=protected-access
+        lambda: ops.cond(self.pruning_schedule.rerank(step, KERAS_MATH), compute,
+                         lambda: ops.zeros((len(members),))))
+    return shared[members.index(self)]
+
+  def _layer_sparsity(self, step):
+    """This layer's budget at ``step`` under the network's (None per layer), after updating its
+    share at the re-ranking steps."""
+    if self.allocation != "network":
+      return None
+    schedule = self.pruning_schedule
+    allocated = ops.where(schedule.rerank(step, KERAS_MATH), self._network_allocation(step),
+                          self.read_state(self.allocated_sparsity))
+    self.allocated_sparsity.assign(allocated)
+    return allocation.layer_sparsity(allocated, schedule.sparsity(step, KERAS_MATH),
+                                     schedule.target_sparsity, KERAS_MATH)
+
   def training_weight(self, weight, step):
     targets, log_factor = self._targets_and_factor()
+    sparsity = self._layer_sparsity(step)
     parameter = ops.convert_to_tensor(self.gate_parameter.value)
     noise = None
     if self.mode != "deterministic":
@@ -133,7 +177,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
     gated, mask, targets, log_factor = neutral.l0_training_step(
         weight, self.read_state(self.mask), parameter, targets, log_factor, step,
         noise, schedule=self.pruning_schedule, view=self._view, scale=self.gate_lr_multiplier,
-        temperature=self.temperature, xp=KERAS_MATH)
+        temperature=self.temperature, xp=KERAS_MATH, sparsity=sparsity)
     self.mask.assign(mask)
     if self.pruning_schedule.has_budget:
       self.budget_targets.assign(targets)
@@ -162,5 +206,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
         "gate_lr_multiplier": self.gate_lr_multiplier,
         "initial_log_alpha": self.initial_log_alpha,
         "penalty_normalizer": self.normalizer() if self.built else self.penalty_normalizer,
+        "allocation": self.allocation,
+        "budget_group": self.budget_group,
     })
     return config
