@@ -28,8 +28,10 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
   tfmot's own callback does the same for tf_gibbs wrappers; this one also records the
   Gibbs inverse temperature as ``logs["beta"]`` (seen by ``History`` and TensorBoard) when all
   Gibbs wrappers share it, and each adaptive-threshold layer's r and zero fraction as
-  ``logs["r_<layer>"]`` and ``logs["sparsity_<layer>"]`` (read once per epoch, so they cost
-  no step time; put this callback before ``TensorBoard`` in the list to log them there).
+  ``logs["r_<layer>"]`` and ``logs["sparsity_<layer>"]``, and under a network-wide budget
+  (``allocation="network"``, Gibbs and L0, both Kerases) each layer's share of it as
+  ``logs["allocated_sparsity_<layer>"]`` (read once per epoch, so they cost no step time; put
+  this callback before ``TensorBoard`` in the list to log them there).
   """
 
   def set_model(self, model):
@@ -71,10 +73,13 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
 
   def on_epoch_end(self, batch, logs=None):
     if getattr(self, "_keras3", False):
+      if logs is not None:
+        _log_allocations(walk_layers(self.model), logs)
       return
     super().on_epoch_end(batch, logs)
     if logs is None:
       return
+    _log_allocations(self.prunable_layers, logs)
     betas = {float(layer.beta()) for layer in self.prunable_layers
              if isinstance(layer, gibbs_lib.GibbsPruning)}
     if len(betas) == 1:
@@ -83,3 +88,10 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
       if isinstance(layer, adaptive_lib.AdaptiveThreshold):
         logs[f"r_{layer.layer.name}"] = layer.clipped_r()
         logs[f"sparsity_{layer.layer.name}"] = 1.0 - float(tf.reduce_mean(layer.mask))
+
+
+def _log_allocations(layers, logs):
+  """logs["allocated_sparsity_<layer>"]: each layer's share of a network-wide budget."""
+  for layer in layers:
+    if getattr(layer, "allocation", None) == "network" and hasattr(layer, "allocated_sparsity"):
+      logs[f"allocated_sparsity_{layer.layer.name}"] = float(layer.allocated_sparsity.numpy())
