@@ -8,7 +8,9 @@
 
 Methods (``--methods``): tfmot (``prune_low_magnitude``, ``PolynomialDecay`` 0 → s), Gibbs
 unstructured / kernel / filter (``gibbs``, ``gibbs_kernel``, ``gibbs_filter``), L0 gates in
-budget mode (``l0``), the adaptive sparsity loss (``adaptive``), plus the dense model. Each at
+budget mode (``l0``), the adaptive sparsity loss (``adaptive``), plus the dense model; a Gibbs
+or L0 name with ``_network`` (``gibbs_network``, ``l0_network``) uses one network-wide budget
+(``allocation="network"``) instead of the per-layer target. Each at
 every ``--sparsities`` target and every ``--seeds`` seed, trained from scratch for the same
 epochs with the same optimizer, through ``examples/recipes.py`` (the paper recipes' code).
 
@@ -30,6 +32,7 @@ overhead); the gzipped sparse TFLite file. The plot shows accuracy against measu
 """
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import inspect
@@ -101,8 +104,15 @@ def cifar10_setup(args):
   return train, test, steps, lambda: models.resnet(20, weight_decay=1e-4), recipe, ()
 
 
+NETWORK = "_network"  # gibbs_network, l0_network, ...: allocation="network" (issue #24)
+
+
 def _parse(name):
-  return recipes.parse_variant("tfmot" if name == SPARED else name)
+  base = name[:-len(NETWORK)] if name.endswith(NETWORK) else name
+  method, structure = recipes.parse_variant("tfmot" if base == SPARED else base)
+  if base != name and method not in ("gibbs", "l0"):
+    raise ValueError(f"{name!r}: only gibbs and l0 variants have a network-wide budget.")
+  return method, structure
 
 
 def _spared(model):
@@ -133,9 +143,12 @@ def run_all(args):
       model = make_model()
       if name == SPARED:
         skip += _spared(model)
-      recipe = recipes.Recipe(**{**recipe_args, "skip": skip}, method=method,
-                              structure=structure, sparsity=sparsity, seed=seed, verbose=0,
-                              report=False)
+      options = recipe_args.get("options") or recipes.Options()
+      if name.endswith(NETWORK):
+        options = dataclasses.replace(options, allocation="network")
+      recipe = recipes.Recipe(**{**recipe_args, "skip": skip, "options": options},
+                              method=method, structure=structure, sparsity=sparsity,
+                              seed=seed, verbose=0, report=False)
       # A pipeline per run: one shared by all runs would shuffle each run's epochs in the order
       # its earlier runs left it in, so the same seed would not see the same batches.
       train = setup(args)[0]

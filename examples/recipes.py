@@ -44,6 +44,7 @@ class Options:
   l0_frequency: int = 10
   adaptive_budget: str = "params"
   adaptive_r_lr_multiplier: float = 0.01
+  allocation: str = "per_layer"      # Gibbs and L0: "per_layer" or "network" (one budget)
 
 
 def variant(method, structure=None):
@@ -128,13 +129,15 @@ def prune(model, method, sparsity, end_step, structure=None, skip=(), seed=0, op
           beta_end=options.beta_end or reference[1], begin_step=0, end_step=end_step,
           initial_sparsity=0.0 if options.gibbs_sparsity_ramp else None)
       return tf_gibbs.prune_gibbs(model, schedule, hamiltonian=hamiltonian, c=options.c,
-                                  skip=sorted(skip), seed=seed), callbacks
+                                  skip=sorted(skip), seed=seed,
+                                  allocation=options.allocation), callbacks
     if method == "l0":
       schedule = tf_gibbs.L0Schedule(target_sparsity=sparsity, begin_step=0, end_step=end_step,
                                      frequency=options.l0_frequency)
       return tf_gibbs.prune_l0(model, granularity=structure or "weight", mode=options.l0_mode,
                                schedule=schedule, skip=sorted(skip), seed=seed,
-                               gate_lr_multiplier=options.l0_gate_lr_multiplier), callbacks
+                               gate_lr_multiplier=options.l0_gate_lr_multiplier,
+                               allocation=options.allocation), callbacks
     if method == "magnitude":
       from tf_gibbs import prune as prune_lib  # pylint: disable=g-import-not-at-top
       schedule = tf_gibbs.GibbsSchedule(
