@@ -87,8 +87,11 @@ def test_network_budget_prunes_the_exact_global_count_and_keeps_every_layer(hami
   assert max(shares) - min(shares) > 0.1
 
 
-def test_extreme_budget_keeps_a_group_in_every_layer_and_warns_of_nothing_per_layer():
-  model = _pruned("filter", 0.999)
+def test_extreme_budget_keeps_a_group_in_every_layer_and_says_it_was_capped():
+  # 2532 weights; one filter or unit kept per layer: 9 + 36 + 128 + 16 = 189 of them.
+  with pytest.warns(UserWarning, match=r"capped at 2343 \(sparsity 0\.9254\) so that every "
+                    r"layer keeps one group"):
+    model = _pruned("filter", 0.999)
   x, _ = _fit(model)
   stripped = tf_gibbs.strip_pruning(model)
   layers = {l.name: l for l in stripped.layers}

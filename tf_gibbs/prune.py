@@ -4,6 +4,7 @@ Follows tfmot's ``prune_low_magnitude`` / ``strip_pruning`` / ``prune_scope`` co
 """
 
 import functools
+import math
 import warnings
 
 import tensorflow as tf
@@ -17,6 +18,7 @@ from tf_gibbs import adaptive as adaptive_lib
 from tf_gibbs import gibbs as gibbs_lib
 from tf_gibbs import l0 as l0_lib
 from tf_gibbs import wrapper as wrapper_lib
+from tf_gibbs.core import allocation
 from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import is_graph_model
 from tf_gibbs._keras import targets_keras3
@@ -280,6 +282,39 @@ def _apply_keras3(to_prune, make_wrapper, skip, api_name, fits):
   return prune3.apply_wrappers(to_prune, wrap, skipped, api_name, fits=fits)
 
 
+def _network_groups(wrapper):
+  """(groups, weights per group) that a network-wide budget counts in ``wrapper``'s kernel."""
+  view = wrapper._view  # pylint: disable=protected-access
+  if hasattr(wrapper, "gate_parameter"):  # L0: one group per gate
+    groups = math.prod(wrapper.gate_parameter.shape)
+    return groups, math.prod(view) // groups
+  size = math.prod(view[axis] for axis in allocation.group_axes(wrapper.hamiltonian))
+  return math.prod(view) // size, size
+
+
+def _warn_if_network_budget_capped(result, target_sparsity, api_name):
+  """The network-wide budget keeps a group in every layer: say so when that caps it."""
+  def walk(layers):
+    for layer in layers:
+      yield layer
+      if hasattr(layer, "layers"):  # a nested model
+        yield from walk(layer.layers)
+
+  layers = result if isinstance(result, (list, tuple)) else [result]
+  members = [l for l in walk(layers) if getattr(l, "allocation", None) == "network"]
+  if not members or not all(l.built for l in members):
+    return result  # not built yet: the shapes are unknown
+  groups, sizes = zip(*[_network_groups(l) for l in members])
+  count, capped = allocation.python_budget(target_sparsity, groups, sizes)
+  if capped:
+    total = sum(g * m for g, m in zip(groups, sizes))
+    warnings.warn(
+        f"tf_gibbs: {api_name}(allocation='network') asks for round({target_sparsity}·{total}) "
+        f"of the {total} weights of its {len(members)} layers; capped at {count} (sparsity "
+        f"{count / total:.4f}) so that every layer keeps one group.", UserWarning, stacklevel=3)
+  return result
+
+
 def _layer_seed(seed, index):
   return None if seed is None else (seed + index) % (2**31 - 1)
 
@@ -355,8 +390,10 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
                                  mcmc_steps=mcmc_steps, seed=_layer_seed(seed, index),
                                  **network)
 
-    return _apply_keras3(to_prune, make_wrapper3, skip, "prune_gibbs",
-                         lambda layer: energy.check_layout(_keras3_layout(layer)))
+    return _warn_if_network_budget_capped(
+        _apply_keras3(to_prune, make_wrapper3, skip, "prune_gibbs",
+                      lambda layer: energy.check_layout(_keras3_layout(layer))),
+        schedule.target_sparsity, "prune_gibbs")
 
   def make_wrapper(layer, index):
     return gibbs_lib.GibbsPruning(layer, pruning_schedule=schedule, hamiltonian=hamiltonian,
@@ -364,8 +401,10 @@ def prune_gibbs(to_prune, schedule=None, hamiltonian="unstructured", test_mode="
                                   mcmc_steps=mcmc_steps, seed=_layer_seed(seed, index),
                                   **network)
 
-  return apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_gibbs",
-                        fits=functools.partial(gibbs_lib.layer_misfit, energy))
+  return _warn_if_network_budget_capped(
+      apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_gibbs",
+                     fits=functools.partial(gibbs_lib.layer_misfit, energy)),
+      schedule.target_sparsity, "prune_gibbs")
 
 
 def prune_l0(to_prune, granularity="weight", mode="deterministic", l0_strength=None,
@@ -437,9 +476,11 @@ def prune_l0(to_prune, granularity="weight", mode="deterministic", l0_strength=N
       group.members.append(wrapper)
       return wrapper
 
-    return _apply_keras3(to_prune, make_wrapper3, skip, "prune_l0",
-                         lambda layer: l0_lib.l0_core.granularity_misfit(
-                             granularity, _keras3_layout(layer)))
+    return _warn_if_network_budget_capped(
+        _apply_keras3(to_prune, make_wrapper3, skip, "prune_l0",
+                      lambda layer: l0_lib.l0_core.granularity_misfit(
+                          granularity, _keras3_layout(layer))),
+        schedule.target_sparsity, "prune_l0")
 
   def make_wrapper(layer, index):
     wrapper = l0_lib.L0Gates(layer, pruning_schedule=schedule, granularity=granularity,
@@ -448,8 +489,10 @@ def prune_l0(to_prune, granularity="weight", mode="deterministic", l0_strength=N
     group.members.append(wrapper)
     return wrapper
 
-  return apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_l0",
-                        fits=functools.partial(l0_lib.layer_misfit, granularity))
+  return _warn_if_network_budget_capped(
+      apply_wrappers(to_prune, make_wrapper, skip=skip, api_name="prune_l0",
+                     fits=functools.partial(l0_lib.layer_misfit, granularity)),
+      schedule.target_sparsity, "prune_l0")
 
 
 def prune_adaptive(to_prune, target_sparsity, loss_weight=10.0, budget="params",

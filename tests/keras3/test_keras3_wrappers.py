@@ -438,3 +438,11 @@ def test_network_shares_reach_the_logs_through_the_step_callback():
   shares = [float(to_numpy(w.allocated_sparsity.value)) for w in wrappers]
   assert [history.history[f"allocated_sparsity_{w.layer.name}"][-1] for w in wrappers] == shares
   assert len(set(shares)) > 1
+
+
+def test_network_budget_says_when_keeping_a_group_per_layer_caps_it():
+  # small_model: conv 108 weights (6 filters of 18), depthwise 24 (6 of 4), dense 162 (3 units
+  # of 54): 294 weights, of which 18 + 4 + 54 stay.
+  with pytest.warns(UserWarning, match=r"capped at 218 \(sparsity 0\.7415\)"):
+    tf_gibbs.prune_gibbs(small_model(), tf_gibbs.GibbsSchedule(0.95, end_step=END),
+                         hamiltonian="filter", allocation="network")
