@@ -29,12 +29,13 @@ def _gibbs(hamiltonian, **kwargs):
   return make
 
 
-def _l0(granularity, mode):
+def _l0(granularity, mode, **kwargs):
   def make():
     schedule = tf_gibbs.L0Schedule(target_sparsity=TARGET, end_step=END_STEP, frequency=2)
     return tf_gibbs.prune_l0(small_cnn(), granularity=granularity, mode=mode, seed=3,
                              schedule=schedule,
-                             skip=["dense1", "logits"] if granularity == "filter" else None)
+                             skip=["dense1", "logits"] if granularity == "filter" else None,
+                             **kwargs)
   return make
 
 
@@ -50,6 +51,10 @@ METHODS = {
     "l0_weight": _l0("weight", "deterministic"),
     "l0_filter_stochastic": _l0("filter", "stochastic"),
     "adaptive": _adaptive,
+    # One network-wide budget (issue #24): the shared allocation under XLA, mixed precision,
+    # replicas and interrupted runs.
+    "gibbs_network": _gibbs("unstructured", allocation="network", allocation_frequency=2),
+    "l0_network": _l0("weight", "deterministic", allocation="network"),
 }
 
 
