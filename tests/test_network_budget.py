@@ -198,11 +198,18 @@ def test_l0_network_budget_survives_save_load_and_needs_a_budget(tmp_path):
     tf_gibbs.prune_l0(small_cnn(), allocation="network")
 
 
-def test_each_layers_share_reaches_the_logs():
+def test_each_layers_share_reaches_the_logs_and_the_report():
   model = _pruned("unstructured", 0.9, end_step=8)
   x, y = random_data(64)
   history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
                       callbacks=[tf_gibbs.UpdatePruningStep()])
+  lines = []
+  report = tf_gibbs.sparsity_report(model, print_fn=lines.append)
+  rows = {row["name"]: row for row in report["layers"]}
   for w in wrappers(model, tf_gibbs.GibbsPruning):
     logged = history.history[f"allocated_sparsity_{w.layer.name}"]
     assert len(logged) == 2 and logged[-1] == float(w.allocated_sparsity)
+    share = f"share {float(w.allocated_sparsity):.4f} of the network-wide budget"
+    assert share in rows[w.layer.name]["note"]
+    assert any(line.startswith(f"  {w.layer.name}: {share}") for line in lines)
+    assert rows[w.layer.name]["sparsity"] == pytest.approx(float(w.allocated_sparsity))

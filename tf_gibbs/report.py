@@ -85,8 +85,9 @@ def sparsity_report(model, plot=None, print_fn=print):
     "left_dense": {layer name: why prune_* did not wrap it}}`` (the last for a model returned by
     ``prune_*`` in this process; empty otherwise). Each
     layer's ``"note"`` is None or, for a wrapped model, why the layer prunes fewer groups than
-    its target (a per-layer target never prunes a layer's last weight, kernel, filter or unit);
-    the printed table lists the notes under it.
+    its target (a per-layer target never prunes a layer's last weight, kernel, filter or unit)
+    or, under a network-wide budget, the layer's share of it; the printed table lists the
+    notes under it.
   """
   front = shrink_lib.front_of(model)
   if not isinstance(model, front.keras.Model):
@@ -103,6 +104,9 @@ def sparsity_report(model, plot=None, print_fn=print):
     from tf_gibbs.prune import strip_pruning  # pylint: disable=g-import-not-at-top
     for layer in front.walk_layers(model):
       note = layer.capped_target() if isinstance(layer, wrapper_class) else None
+      if getattr(layer, "allocation", None) == "network" and layer.built:
+        note = (f"share {float(layer.allocated_sparsity.numpy()):.4f} of the network-wide "
+                "budget (allocation='network', split by LAMP scores)")
       if note is not None:
         notes[layer.layer.name] = note
     model = strip_pruning(model)
