@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import keras
-from tf_gibbs.core import adaptive as adaptive_core
 from tf_gibbs.core import allocation
 from tf_gibbs.core import gibbs as gibbs_lib
 from tf_gibbs.schedule import GibbsSchedule
@@ -18,7 +17,6 @@ from tf_gibbs.schedule import check_number
 
 TEST_MODES = ("magnitude", "sample")
 ALLOCATIONS = ("per_layer", "network")
-_ONLY_FIRST = tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 
 def check_allocation(allocation_name, frequency, budget_group=None):
@@ -138,11 +136,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
   def build_method_variables(self, weight):
     self._view = gibbs_lib.canonical_shape(weight.shape, self.layout)
     if self.allocation == "network":
-      self.allocated_sparsity = self.add_weight(
-          "allocated_sparsity", shape=[], dtype=tf.float32, trainable=False,
-          initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity),
-          aggregation=_ONLY_FIRST)
-      self._allocations = adaptive_core.PerGraph()
+      self.build_allocation()
 
   def target_groups(self):
     if self.allocation == "network":

@@ -10,7 +10,6 @@ import tensorflow as tf
 
 from tf_gibbs import wrapper as wrapper_lib
 from tf_gibbs._keras import keras
-from tf_gibbs.core import adaptive as adaptive_core
 from tf_gibbs.core import allocation
 from tf_gibbs.core import gibbs as gibbs_core
 from tf_gibbs.core import l0 as l0_core
@@ -162,11 +161,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
           "budget_targets", shape=shape, dtype=tf.float32, initializer="zeros",
           trainable=False, aggregation=_ONLY_FIRST)
     if self.allocation == "network":
-      self.allocated_sparsity = self.add_weight(
-          "allocated_sparsity", shape=[], dtype=tf.float32, trainable=False,
-          initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity),
-          aggregation=_ONLY_FIRST)
-      self._allocations = adaptive_core.PerGraph()
+      self.build_allocation()
     self.add_loss(self.group_penalty)
 
   def _constraint(self):

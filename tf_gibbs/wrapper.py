@@ -32,6 +32,7 @@ from tf_keras.src.mixed_precision import autocast_variable
 
 from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import keras
+from tf_gibbs.core import adaptive as adaptive_core
 
 # Layer class -> name of the weight attribute that is pruned. Exact classes only: subclasses such
 # as Conv2DTranspose or SeparableConv2D lay their kernels out differently.
@@ -246,6 +247,16 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     members = [layer for layer in _connected_layers(self)
                if type(layer) is type(self) and layer.budget_group == self.budget_group]
     return sorted(members, key=lambda layer: layer.name)
+
+  def build_allocation(self):
+    """The state of a network-wide budget's member (``allocation="network"``): its share
+    ``allocated_sparsity`` (the target until the first allocation) and, on the group's first
+    member, the allocation shared by the members in the step being traced."""
+    self.allocated_sparsity = self.add_weight(
+        "allocated_sparsity", shape=[], dtype=tf.float32, trainable=False,
+        initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity),
+        aggregation=_ONLY_FIRST)
+    self._allocations = adaptive_core.PerGraph()
 
   # --- the per-layer cap: no layer is pruned away ----------------------------------------------
 
