@@ -326,6 +326,9 @@ def define_flags(flag_values, *, epochs, batch_size, learning_rate, lr_decay_at,
                      flag_values=fv)
   flags.DEFINE_enum("budget", "params", ["params", "flops"], "Adaptive budget weighting.",
                     flag_values=fv)
+  flags.DEFINE_enum("allocation", "per_layer", ["per_layer", "network"],
+                    "Gibbs and L0: each layer at the target, or one network-wide budget split "
+                    "by LAMP scores.", flag_values=fv)
   flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory (default: tfds').",
                       flag_values=fv)
   flags.DEFINE_string("log_dir", None, f"TensorBoard directory (default runs/{dataset}/"
@@ -366,7 +369,8 @@ def recipe_from_flags(fv, dataset, skip=()):
                 learning_rate=fv.learning_rate,
                 lr_boundaries=tuple(float(f) * fv.epochs for f in fv.lr_decay_at),
                 ramp_fraction=fv.ramp_fraction, skip=tuple(skip), seed=fv.seed,
-                options=Options(c=fv.c, adaptive_budget=fv.budget), log_dir=log_dir,
+                options=Options(c=fv.c, adaptive_budget=fv.budget,
+                                allocation=fv.allocation), log_dir=log_dir,
                 out_dir=fv.out_dir or log_dir, verbose=fv.verbose)
 
 

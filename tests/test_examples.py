@@ -136,10 +136,13 @@ def test_mnist5k_is_real_mnist_offline_in_a_fixed_stratified_split():
 def test_mnist_example_runs_offline_on_mnist5k(tmp_path):
   result = mnist_lenet.main([
       "prog", "--data=mnist5k", "--model=lenet300", "--method=gibbs", "--sparsity=0.9",
-      "--epochs=2", "--batch_size=128", "--verbose=0", f"--log_dir={tmp_path / 'logs'}"])
-  assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
+      "--allocation=network", "--epochs=2", "--batch_size=128", "--verbose=0",
+      f"--log_dir={tmp_path / 'logs'}"])
+  assert result["sparsity"] == pytest.approx(0.9, abs=1e-6)  # one budget, its exact count
   assert result["accuracy"] > 0.5  # 1,000 real test digits: chance is 0.1
   assert result["max_litert_diff"] < 1e-4
+  tags = _scalar_tags(str(tmp_path / "logs"))["train"]
+  assert sum(tag.startswith("epoch_allocated_sparsity_") for tag in tags) == 3  # each layer
 
 
 def test_mnist_example_runs_on_mock_data(tmp_path):
