@@ -19,7 +19,6 @@ from tf_gibbs.schedule import check_choice
 from tf_gibbs.schedule import check_number
 
 BUDGETS = ("params", "flops")
-# Traced graph -> {(group, budget, replica): (replica context, the group's freeze scale)}.
 
 
 def check_budget(budget):
@@ -102,7 +101,6 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
     if budget_group is not None and not isinstance(budget_group, str):
       raise TypeError(f"`budget_group` must be None or a string, got {budget_group!r}.")
     self.budget_group = budget_group
-    self._freeze_scales = adaptive_core.PerGraph()  # a plain holder, not tracked by Keras
     self.exact_budget = check_bool(exact_budget, "exact_budget")
     super().__init__(layer, pruning_schedule=pruning_schedule, seed=seed, **kwargs)
 
@@ -179,7 +177,7 @@ class AdaptiveThreshold(wrapper_lib.PruningWrapper):
       return None
     members = self.budget_members()
     key = (tuple(id(m) for m in members), self.budget)
-    return members[0]._freeze_scales.get(key, lambda: tf.cond(  # pylint: disable=protected-access
+    return members[0]._per_graph.get(key, lambda: tf.cond(  # pylint: disable=protected-access
         freeze, lambda: self._common_scale(members), lambda: tf.constant(1.0)))
 
   def _common_scale(self, members):

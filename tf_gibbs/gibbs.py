@@ -145,20 +145,12 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   # --- the network-wide budget ------------------------------------------------------------------
 
-  def _network_allocation(self, step):
-    """p_l of every member at ``step`` (a [members] tensor), built once per traced step by the
-    group's first member and shared; zeros where the allocation is not recomputed."""
-    members = self.budget_members()
+  def network_groups(self):
+    return allocation.group_count(self._view, self.hamiltonian)
 
-    def build():
-      def compute():
-        views = [tf.reshape(m.read_weight(), m._view) for m in members]  # pylint: disable=protected-access
-        return allocation.network_sparsities(
-            views, self.hamiltonian, self.pruning_schedule.target_sparsity, TF_MATH)
-      return tf.cond(self._refresh(step), compute, lambda: tf.zeros([len(members)]))
-
-    shared = members[0]._allocations.get(tuple(id(m) for m in members), build)  # pylint: disable=protected-access
-    return shared[members.index(self)]
+  def budget_energies(self):
+    return allocation.group_energies(tf.reshape(self.read_weight(), self._view),
+                                     allocation.group_axes(self.hamiltonian), TF_MATH)
 
   def _refresh(self, step):
     schedule = self.pruning_schedule
@@ -167,9 +159,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
 
   def update_allocation(self, step):
     """Recomputes this layer's share of the network's budget where the schedule says so."""
-    share = self._network_allocation(step)
-    return self.allocated_sparsity.assign(
-        tf.where(self._refresh(step), share, self.allocated_sparsity))
+    return self.allocated_sparsity.assign(self.network_share(self._refresh(step)))
 
   def sparsity(self, step):
     """(should_prune, this layer's pruned fraction at ``step``)."""

@@ -226,27 +226,15 @@ class L0Gates(wrapper_lib.PruningWrapper):
 
   # --- the network-wide budget ------------------------------------------------------------------
 
-  def _network_allocation(self, step):
-    """Every member's share of the budget (a [members] tensor) at a re-ranking step, from the
-    gated magnitudes the budget ranks (:func:`l0_core.group_importance`); built once per traced
-    step by the group's first member, zeros at other steps."""
-    members = self.budget_members()
+  def network_groups(self):
+    groups = math.prod(self.gate_parameter.shape)
+    return groups, self.gated_weights // groups
 
-    def compute():
-      energies, sizes = [], []
-      for m in members:
-        gates = l0_core.deterministic_gate(m.log_alpha, straight_through=False)
-        importance = l0_core.group_importance(tf.reshape(m.read_weight(), m._view), gates)  # pylint: disable=protected-access
-        energies.append(tf.reshape(importance, [-1]))
-        sizes.append(m.gated_weights // math.prod(m.gate_parameter.shape))
-      return allocation.shares(energies, sizes, self.pruning_schedule.target_sparsity, TF_MATH)
-
-    def build():
-      return tf.cond(self.pruning_schedule.rerank(step), compute,
-                     lambda: tf.zeros([len(members)]))
-
-    shared = members[0]._allocations.get(tuple(id(m) for m in members), build)  # pylint: disable=protected-access
-    return shared[members.index(self)]
+  def budget_energies(self):
+    """The gated magnitudes the budget ranks (:func:`l0_core.group_importance`), flattened."""
+    gates = l0_core.deterministic_gate(self.log_alpha, straight_through=False)
+    return tf.reshape(l0_core.group_importance(tf.reshape(self.read_weight(), self._view),
+                                               gates), [-1])
 
   def _layer_sparsity(self, step):
     """This layer's budget at ``step`` under the network's (None per layer), after updating its
@@ -254,8 +242,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
     if self.allocation != "network":
       return None
     schedule = self.pruning_schedule
-    allocated = self.allocated_sparsity.assign(tf.where(
-        schedule.rerank(step), self._network_allocation(step), self.allocated_sparsity))
+    allocated = self.allocated_sparsity.assign(self.network_share(schedule.rerank(step)))
     return allocation.layer_sparsity(allocated, schedule.sparsity(step),
                                      schedule.target_sparsity, TF_MATH)
 

@@ -4,7 +4,6 @@ Follows tfmot's ``prune_low_magnitude`` / ``strip_pruning`` / ``prune_scope`` co
 """
 
 import functools
-import math
 import warnings
 
 import tensorflow as tf
@@ -282,16 +281,6 @@ def _apply_keras3(to_prune, make_wrapper, skip, api_name, fits):
   return prune3.apply_wrappers(to_prune, wrap, skipped, api_name, fits=fits)
 
 
-def _network_groups(wrapper):
-  """(groups, weights per group) that a network-wide budget counts in ``wrapper``'s kernel."""
-  view = wrapper._view  # pylint: disable=protected-access
-  if hasattr(wrapper, "gate_parameter"):  # L0: one group per gate
-    groups = math.prod(wrapper.gate_parameter.shape)
-    return groups, math.prod(view) // groups
-  size = math.prod(view[axis] for axis in allocation.group_axes(wrapper.hamiltonian))
-  return math.prod(view) // size, size
-
-
 def _warn_if_network_budget_capped(result, target_sparsity, api_name):
   """The network-wide budget keeps a group in every layer: say so when that caps it."""
   def walk(layers):
@@ -304,7 +293,7 @@ def _warn_if_network_budget_capped(result, target_sparsity, api_name):
   members = [l for l in walk(layers) if getattr(l, "allocation", None) == "network"]
   if not members or not all(l.built for l in members):
     return result  # not built yet: the shapes are unknown
-  groups, sizes = zip(*[_network_groups(l) for l in members])
+  groups, sizes = zip(*[l.network_groups() for l in members])
   count, capped = allocation.python_budget(target_sparsity, groups, sizes)
   if capped:
     total = sum(g * m for g, m in zip(groups, sizes))

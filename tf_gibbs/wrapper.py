@@ -33,6 +33,8 @@ from tf_keras.src.mixed_precision import autocast_variable
 from tf_gibbs._keras import check_not_keras3
 from tf_gibbs._keras import keras
 from tf_gibbs.core import adaptive as adaptive_core
+from tf_gibbs.core import allocation
+from tf_gibbs.schedule import TF_MATH
 
 # Layer class -> name of the weight attribute that is pruned. Exact classes only: subclasses such
 # as Conv2DTranspose or SeparableConv2D lay their kernels out differently.
@@ -215,6 +217,9 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
     # (Keras' Wrapper reports the inner layer's regularizer but does not apply it.)
     if layer.activity_regularizer is not None:
       self._activity_regularizer = layer.activity_regularizer
+    # Tensors a budget group's members share in the step being traced (the adaptive loss's
+    # end_step scale, a network-wide allocation), held by the group's first member.
+    self._per_graph = adaptive_core.PerGraph()
 
   # --- hooks for the methods -------------------------------------------------------------------
 
@@ -250,13 +255,36 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
 
   def build_allocation(self):
     """The state of a network-wide budget's member (``allocation="network"``): its share
-    ``allocated_sparsity`` (the target until the first allocation) and, on the group's first
-    member, the allocation shared by the members in the step being traced."""
+    ``allocated_sparsity``, the target until the first allocation."""
     self.allocated_sparsity = self.add_weight(
         "allocated_sparsity", shape=[], dtype=tf.float32, trainable=False,
         initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity),
         aggregation=_ONLY_FIRST)
-    self._allocations = adaptive_core.PerGraph()
+
+  def network_groups(self):
+    """(groups, weights per group) that a network-wide budget counts in this kernel."""
+    raise NotImplementedError
+
+  def budget_energies(self):
+    """The 1-D energies of this kernel's groups that a network-wide budget ranks by LAMP."""
+    raise NotImplementedError
+
+  def network_share(self, refresh):
+    """This layer's share of its network-wide budget: recomputed where ``refresh`` (a bool
+    tensor) holds, by :func:`tf_gibbs.core.allocation.shares` over every member's
+    :meth:`budget_energies`, built once per traced step and shared through the group's first
+    member; the stored ``allocated_sparsity`` elsewhere."""
+    members = self.budget_members()
+
+    def compute():
+      return allocation.shares([m.budget_energies() for m in members],
+                               [m.network_groups()[1] for m in members],
+                               self.pruning_schedule.target_sparsity, TF_MATH)
+
+    shared = members[0]._per_graph.get(  # pylint: disable=protected-access
+        ("allocation",) + tuple(id(m) for m in members),
+        lambda: tf.cond(refresh, compute, lambda: tf.zeros([len(members)])))
+    return tf.where(refresh, shared[members.index(self)], self.allocated_sparsity)
 
   # --- the per-layer cap: no layer is pruned away ----------------------------------------------
 

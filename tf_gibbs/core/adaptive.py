@@ -19,7 +19,6 @@ R_MAX = 5.0  # the reference code clamps r to [0, 5]
 ESTIMATES = ("measured", "erf")
 
 
-
 class PerGraph:
   """Tensors built once per TensorFlow graph being traced (and replica), for layers that share
   them, such as a budget's exact-budget scale; eagerly every call builds its own.
@@ -43,6 +42,7 @@ class PerGraph:
     if entry not in self.entries:
       self.entries[entry] = (replica, build())
     return self.entries[entry][1]
+
 
 def clip_r(r):
   """clip(r, 0, 5) forward, with a straight-through (identity) gradient.

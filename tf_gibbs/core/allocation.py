@@ -121,13 +121,20 @@ def layer_sparsity(allocated, sparsity, target_sparsity, xp):
                   allocated * xp.cast(sparsity / float(target_sparsity), "float32"))
 
 
+def group_count(view, hamiltonian):
+  """(groups, weights per group) of a kernel of [n, C, F] shape ``view`` (Python ints) for the
+  groups of ``hamiltonian``."""
+  size = _numel(view[axis] for axis in group_axes(hamiltonian))
+  return _numel(view) // size, size
+
+
 def network_sparsities(views, hamiltonian, target_sparsity, xp):
   """p_l = (groups pruned in layer l) / (groups of l) under one network-wide budget at
   ``target_sparsity``, for weights given in their [n, C, F] ``views`` (float32, one per
   layer): :func:`network_counts` on the groups of ``hamiltonian``."""
   axes = group_axes(hamiltonian)
   energies = [group_energies(view, axes, xp) for view in views]
-  sizes = [int(_numel(view.shape)) // int(e.shape[0]) for view, e in zip(views, energies)]
+  sizes = [group_count(view.shape, hamiltonian)[1] for view in views]
   return shares(energies, sizes, target_sparsity, xp)
 
 

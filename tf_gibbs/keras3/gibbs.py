@@ -99,9 +99,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
   def build_method_variables(self, weight):
     self._view = gibbs_core.canonical_shape(weight.shape, self.layout)
     if self.allocation == "network":
-      self.allocated_sparsity = self.add_state(
-          "allocated_sparsity", (),
-          initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity))
+      self.build_allocation()
 
   def target_groups(self):
     if self.allocation == "network":
@@ -116,20 +114,12 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
     return allocation.refresh(step, schedule.begin_step, schedule.end_step,
                               self.allocation_frequency, KERAS_MATH)
 
-  def _network_allocation(self, step):
-    """p_l of every member at ``step``, built once per traced step (TensorFlow graph, JAX
-    trace) and shared by the members; zeros where the allocation is not recomputed."""
-    members = self.budget_members()
+  def network_groups(self):
+    return allocation.group_count(self._view, self.hamiltonian)
 
-    def compute():
-      views = [ops.reshape(m.read_weight(), m._view) for m in members]  # pylint: disable=protected-access
-      return allocation.network_sparsities(
-          views, self.hamiltonian, self.pruning_schedule.target_sparsity, KERAS_MATH)
-
-    shared = wrapper_lib.once_per_trace(
-        members[0]._group, ("allocation",) + tuple(id(m) for m in members),  # pylint: disable=protected-access
-        lambda: ops.cond(self._refresh(step), compute, lambda: ops.zeros((len(members),))))
-    return shared[members.index(self)]
+  def budget_energies(self):
+    return allocation.group_energies(ops.reshape(self.read_weight(), self._view),
+                                     allocation.group_axes(self.hamiltonian), KERAS_MATH)
 
   def _exact_target(self):
     """The Python target whose count is computed in Python (:func:`neutral.pruned_count`);
@@ -173,8 +163,7 @@ class GibbsPruning(wrapper_lib.PruningWrapper):
   def training_weight(self, weight, step):
     allocated = None
     if self.allocation == "network":
-      allocated = ops.where(self._refresh(step), self._network_allocation(step),
-                            self.read_state(self.allocated_sparsity))
+      allocated = self.network_share(self._refresh(step))
       self.allocated_sparsity.assign(allocated)
     mask, threshold = self._sample(weight, step, self.seed, allocated)
     mask = ops.stop_gradient(mask)

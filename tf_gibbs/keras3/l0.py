@@ -99,9 +99,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
     if self.pruning_schedule.has_budget:
       self.budget_targets = self.add_state("budget_targets", shape)
     if self.allocation == "network":
-      self.allocated_sparsity = self.add_state(
-          "allocated_sparsity", (),
-          initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity))
+      self.build_allocation()
 
   def method_state(self):
     return [self.log_penalty_factor]
@@ -134,26 +132,15 @@ class L0Gates(wrapper_lib.PruningWrapper):
                if self.pruning_schedule.has_budget else ops.zeros(()))
     return targets, self.read_state(self.log_penalty_factor)
 
-  def _network_allocation(self, step):
-    """Every member's share of the budget at a re-ranking step (gated magnitudes, LAMP), built
-    once per traced step and shared; zeros at other steps."""
-    members = self.budget_members()
+  def network_groups(self):
+    groups = math.prod(self.gate_parameter.shape)
+    return groups, self.gated_weights // groups
 
-    def compute():
-      energies, sizes = [], []
-      for m in members:
-        gates = neutral.deterministic_gate(m.log_alpha, straight_through_clip=False)
-        importance = neutral.group_importance(ops.reshape(m.read_weight(), m._view), gates)  # pylint: disable=protected-access
-        energies.append(ops.reshape(importance, (-1,)))
-        sizes.append(m.gated_weights // math.prod(m.gate_parameter.shape))
-      return allocation.shares(energies, sizes, self.pruning_schedule.target_sparsity,
-                               KERAS_MATH)
-
-    shared = wrapper_lib.once_per_trace(
-        members[0]._group, ("allocation",) + tuple(id(m) for m in members),  # pylint: disable=protected-access
-        lambda: ops.cond(self.pruning_schedule.rerank(step, KERAS_MATH), compute,
-                         lambda: ops.zeros((len(members),))))
-    return shared[members.index(self)]
+  def budget_energies(self):
+    """The gated magnitudes the budget ranks (:func:`neutral.group_importance`), flattened."""
+    gates = neutral.deterministic_gate(self.log_alpha, straight_through_clip=False)
+    return ops.reshape(neutral.group_importance(ops.reshape(self.read_weight(), self._view),
+                                                gates), (-1,))
 
   def _layer_sparsity(self, step):
     """This layer's budget at ``step`` under the network's (None per layer), after updating its
@@ -161,8 +148,7 @@ class L0Gates(wrapper_lib.PruningWrapper):
     if self.allocation != "network":
       return None
     schedule = self.pruning_schedule
-    allocated = ops.where(schedule.rerank(step, KERAS_MATH), self._network_allocation(step),
-                          self.read_state(self.allocated_sparsity))
+    allocated = self.network_share(schedule.rerank(step, KERAS_MATH))
     self.allocated_sparsity.assign(allocated)
     return allocation.layer_sparsity(allocated, schedule.sparsity(step, KERAS_MATH),
                                      schedule.target_sparsity, KERAS_MATH)

@@ -17,8 +17,10 @@ import numpy as np
 
 from tf_gibbs import wrapper as wrapper_front
 from tf_gibbs.core import adaptive as adaptive_core
+from tf_gibbs.core import allocation
 from tf_gibbs.schedule import AdaptiveSchedule
 from tf_gibbs.schedule import GibbsSchedule
+from tf_gibbs.schedule import KERAS_MATH
 from tf_gibbs.schedule import L0Schedule
 from tf_gibbs.schedule import check_number
 
@@ -237,6 +239,39 @@ class PruningWrapper(keras.layers.Wrapper):
                  if type(layer) is type(self) and layer.budget_group == self.budget_group]
       self._group.members = sorted(members, key=lambda layer: layer.name)
     return self._group.members
+
+  def build_allocation(self):
+    """The state of a network-wide budget's member (``allocation="network"``): its share
+    ``allocated_sparsity``, the target until the first allocation."""
+    self.allocated_sparsity = self.add_state(
+        "allocated_sparsity", (),
+        initializer=keras.initializers.Constant(self.pruning_schedule.target_sparsity))
+
+  def network_groups(self):
+    """(groups, weights per group) that a network-wide budget counts in this kernel."""
+    raise NotImplementedError
+
+  def budget_energies(self):
+    """The 1-D energies of this kernel's groups that a network-wide budget ranks by LAMP."""
+    raise NotImplementedError
+
+  def network_share(self, refresh):
+    """This layer's share of its network-wide budget: recomputed where ``refresh`` holds, by
+    :func:`tf_gibbs.core.allocation.shares` over every member's :meth:`budget_energies`,
+    built once per traced step (:func:`once_per_trace`) and shared; the stored
+    ``allocated_sparsity`` elsewhere."""
+    members = self.budget_members()
+
+    def compute():
+      return allocation.shares([m.budget_energies() for m in members],
+                               [m.network_groups()[1] for m in members],
+                               self.pruning_schedule.target_sparsity, KERAS_MATH)
+
+    shared = once_per_trace(
+        members[0]._group, ("allocation",) + tuple(id(m) for m in members),  # pylint: disable=protected-access
+        lambda: ops.cond(refresh, compute, lambda: ops.zeros((len(members),))))
+    return ops.where(refresh, shared[members.index(self)],
+                     self.read_state(self.allocated_sparsity))
 
   # --- hooks ------------------------------------------------------------------------------------
 
