@@ -182,3 +182,29 @@ def test_seed_argument_gives_reproducible_distinct_layer_seeds():
   seeds_a = [l.seed for l in a.layers if isinstance(l, tf_gibbs.GibbsPruning)]
   seeds_b = [l.seed for l in b.layers if isinstance(l, tf_gibbs.GibbsPruning)]
   assert seeds_a == seeds_b and len(set(seeds_a)) == len(seeds_a)
+
+
+@pytest.mark.parametrize("api", ["gibbs", "l0", "adaptive"])
+def test_wrapping_a_functional_model_infers_shapes_without_building_masks(api, monkeypatch):
+  # tf_keras calls each layer once in a throwaway "<layer>_scratch_graph" to learn its output's
+  # shape; the masks are not built there (on MobileNetV2 they made wrapping 2x slower), but
+  # every later call (inference, training) applies them.
+  calls = []
+  for cls in (tf_gibbs.GibbsPruning, tf_gibbs.L0Gates, tf_gibbs.AdaptiveThreshold):
+    for method in ("training_weight", "inference_weight", "deterministic_weight"):
+      original = getattr(cls, method)
+      monkeypatch.setattr(cls, method, lambda self, *a, _o=original, _m=method, **k: (
+          calls.append(_m), _o(self, *a, **k))[1])
+  model = small_cnn()
+  prune = {"gibbs": lambda m: tf_gibbs.prune_gibbs(m, tf_gibbs.GibbsSchedule(0.5, end_step=4)),
+           "l0": lambda m: tf_gibbs.prune_l0(m, target_sparsity=0.5),
+           "adaptive": lambda m: tf_gibbs.prune_adaptive(m, 0.5, min_weights=1)}[api]
+  pruned = prune(model)
+  assert calls == []
+  assert pruned.output_shape == model.output_shape
+  wrapper = next(layer for layer in pruned.layers if isinstance(layer, tf_gibbs.PruningWrapper))
+  assert wrapper.compute_output_shape(wrapper.input_shape) == wrapper.output_shape
+  assert calls == []
+  x, _ = random_data(4)
+  pruned(x, training=False)
+  assert "inference_weight" in calls or "deterministic_weight" in calls
