@@ -167,3 +167,18 @@ def test_core_paths_benchmark_runs():
   assert set(ratios) == {"quantile", "exact-count mask", "unstructured sample", "kernel sample",
                          "filter sample (chromatic)"}
   assert all(r > 0 for r in ratios.values())
+
+
+def test_step_profile_finds_each_wrapped_layers_quantile_cluster():
+  import step_profile  # pylint: disable=g-import-not-at-top
+  results = step_profile.main(["--models", "resnet8", "--batch_size", "2", "--steps", "2",
+                               "--modes", "tfmot,unstructured", "--top", "3"])["resnet8"]
+  tfmot_kinds, tfmot_wall, tfmot_busy = results["tfmot"]
+  kinds, wall, busy = results["unstructured"]
+  assert tfmot_wall > 0 and wall > 0 and busy > 0 and tfmot_busy > 0
+  # ResNet-8 wraps 8 layers (every conv and projection but the stem): one threshold each a step.
+  wrapped = sum(overhead.prunable(("resnet8", 32))(layer)
+                for layer in overhead.base_model(("resnet8", 32)).layers)
+  assert kinds["XLA _quantile"][1] == wrapped and "XLA _quantile" not in tfmot_kinds
+  assert kinds["StatelessRandomUniformV2"][1] == wrapped
+  assert kinds["XLA _quantile"][0] > 0
