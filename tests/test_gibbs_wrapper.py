@@ -208,3 +208,15 @@ def test_wrapping_a_functional_model_infers_shapes_without_building_masks(api, m
   x, _ = random_data(4)
   pruned(x, training=False)
   assert "inference_weight" in calls or "deterministic_weight" in calls
+
+
+def test_the_wrapper_call_is_not_converted_by_autograph():
+  # Autograph's rewriting of tf_gibbs' code cost a third of an edge model's first step
+  # (benchmarks/step_profile.py --first_step); the wrappers branch with tf.cond only.
+  from tensorflow.python.autograph.impl import api as autograph_api  # pylint: disable=g-import-not-at-top
+  assert autograph_api.is_autograph_artifact(tf_gibbs.PruningWrapper.call)
+  model = compile_model(tf_gibbs.prune_gibbs(small_cnn(), tf_gibbs.GibbsSchedule(0.5, end_step=4)))
+  x, y = random_data(8)
+  model.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[tf_gibbs.UpdatePruningStep()])
+  wrapper = next(layer for layer in model.layers if isinstance(layer, tf_gibbs.GibbsPruning))
+  assert 0.0 < float(tf.reduce_mean(wrapper.mask)) < 1.0
