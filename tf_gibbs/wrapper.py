@@ -194,7 +194,8 @@ class PruningWrapper(pruning_wrapper.PruneLowMagnitude):
   Subclasses implement :meth:`training_weight` and :meth:`deterministic_weight`, may override
   :meth:`inference_weight` and :meth:`build_method_variables`, and add their own constructor
   arguments to :meth:`get_config`. Variables they create with ``add_weight(trainable=True)`` are
-  trained by ``model.fit`` (tfmot's wrapper would hide them).
+  trained by ``model.fit`` (tfmot's wrapper would hide them). The hooks run without autograph
+  (it cost a third of the first step): branch on tensors with ``tf.cond``, not ``if``.
 
   Args:
     layer: a tf_keras Dense, Conv1D, Conv2D or DepthwiseConv2D layer (not yet wrapped).
