@@ -64,6 +64,33 @@ def _cluster_name(hlo_module):
   return (match.group(1) if match else hlo_module).replace("_unjitted", "")
 
 
+def _cluster_inside(thread_events, i):
+  """The XLA cluster (:func:`_cluster_name`) whose work runs inside ``thread_events[i]`` (one
+  thread's events sorted by start), or None."""
+  end = thread_events[i]["ts"] + thread_events[i]["dur"]
+  for j in range(i + 1, len(thread_events)):
+    inner = thread_events[j]
+    if inner["ts"] > end:
+      return None
+    if "hlo_module" in inner.get("args", {}):
+      return _cluster_name(inner["args"]["hlo_module"])
+  return None
+
+
+def _profiled(run):
+  """(``run()``, the trace events of TensorFlow's profiler while it ran)."""
+  logdir = tempfile.mkdtemp(prefix="step_profile_")
+  try:
+    tf.profiler.experimental.start(logdir)
+    try:
+      result = run()
+    finally:
+      tf.profiler.experimental.stop()
+    return result, _trace_events(logdir)
+  finally:
+    shutil.rmtree(logdir, ignore_errors=True)
+
+
 def summarize(events, steps):
   """{kind: (milliseconds per step, events per step)}, the step's wall milliseconds and the
   executor threads' busy milliseconds per step (see the module docstring)."""
@@ -81,14 +108,11 @@ def summarize(events, steps):
       wall += sum(e["dur"] for e in thread_events if e["name"] == "train_function")
       continue
     if thread.startswith(_POOL):
-      for e in thread_events:  # XLA's work on the pool: its top-level thunks
-        if e["name"] == "ThunkExecutor::Execute":
-          inner = next((f for f in thread_events if f["ts"] >= e["ts"] and "hlo_module"
-                        in f.get("args", {}) and f["ts"] <= e["ts"] + e["dur"]), None)
-          if inner is not None:
-            kind = f"XLA {_cluster_name(inner['args']['hlo_module'])} (pool)"
-            time_in[kind] += e["dur"]
-            count[kind] += 1
+      for i, e in enumerate(thread_events):  # XLA's work on the pool: its top-level thunks
+        cluster = e["name"] == "ThunkExecutor::Execute" and _cluster_inside(thread_events, i)
+        if cluster:
+          time_in[f"XLA {cluster} (pool)"] += e["dur"]
+          count[f"XLA {cluster} (pool)"] += 1
       continue
     if not thread.startswith(_EXECUTOR):
       continue
@@ -99,12 +123,8 @@ def summarize(events, steps):
       if e["name"] in _WRAPPING or e["ts"] < end:
         continue
       if e["name"] == "ExecutorState::ProcessAsync::Start":
-        inner = next((f for f in thread_events[i + 1:i + 40] if "hlo_module" in f.get("args", {})),
-                     None)
-        if inner is None or inner["ts"] > e["ts"] + e["dur"]:
-          kind = e["args"].get("kernel_type", "async op")
-        else:
-          kind = f"XLA {_cluster_name(inner['args']['hlo_module'])}"
+        cluster = _cluster_inside(thread_events, i)
+        kind = f"XLA {cluster}" if cluster else e["args"].get("kernel_type", "async op")
       elif "is_eager" in e.get("args", {}):
         kind = e["name"].replace("_MklNative", "").replace("_Mkl", "")
       else:
@@ -123,19 +143,15 @@ def first_step_profile(name, arch, batch_size):
   (``CpuCompiler::RunBackend``, the nested clusters compiling at their first run, outside the
   tracing), ``rest of the first call`` (graph optimization, executor setup and the step's
   run), and ``total``; wall time, each instant counted once (compilations run side by side)."""
-  logdir = tempfile.mkdtemp(prefix="first_step_profile_")
-  try:
-    tf.profiler.experimental.start(logdir)
+  def first_step():
     start = time.perf_counter()
     model = overhead._prepare(overhead.make_model(name, arch), False)  # pylint: disable=protected-access
     x, y = overhead.batch(model, batch_size)
     built = time.perf_counter()
     model.train_on_batch(x, y)
-    end = time.perf_counter()
-    tf.profiler.experimental.stop()
-    events = _trace_events(logdir)
-  finally:
-    shutil.rmtree(logdir, ignore_errors=True)
+    return start, built, time.perf_counter()
+
+  (start, built, end), events = _profiled(first_step)
   spans = [e for e in events if e.get("ph") == "X"]
 
   def covered(*event_names):  # wall seconds under any such event (nested and parallel once)
@@ -158,17 +174,13 @@ def profile(name, arch, batch_size, steps, warmup=12):
   x, y = overhead.batch(model, batch_size)
   for _ in range(warmup):
     model.train_on_batch(x, y)
-  logdir = tempfile.mkdtemp(prefix="step_profile_")
-  try:
-    tf.profiler.experimental.start(logdir)
+  def train():
     start = time.perf_counter()
     for _ in range(steps):
       model.train_on_batch(x, y)
-    seconds = time.perf_counter() - start
-    tf.profiler.experimental.stop()
-    events = _trace_events(logdir)
-  finally:
-    shutil.rmtree(logdir, ignore_errors=True)
+    return time.perf_counter() - start
+
+  seconds, events = _profiled(train)
   kinds, wall, busy = summarize(events, steps)
   return kinds, wall or 1e3 * seconds / steps, busy
 
